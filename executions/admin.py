@@ -1,0 +1,148 @@
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+
+from executions.models import Action, Execution, ExecutionEvent, OutputChunk, Tenant
+
+# The admin detail shows this many of the newest output lines; the live page has the rest.
+ADMIN_OUTPUT_LINES = 200
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most CAP rows, so a list over a million output rows never runs COUNT(*)."""
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        return self.object_list[: self.CAP + 1].count()
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name"]
+    search_fields = ["slug", "name"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
+@admin.register(Action)
+class ActionAdmin(admin.ModelAdmin):
+    list_display = ["ref", "runner_type", "enabled", "description"]
+    list_filter = ["pack", "runner_type", "enabled"]
+    search_fields = ["ref", "description"]
+    readonly_fields = ["ref", "pack", "name", "pack_path", "updated_at"]
+
+
+@admin.register(Execution)
+class ExecutionAdmin(admin.ModelAdmin):
+    list_display = ["id", "action_ref", "tenant", "status", "started_at", "duration", "exit_code"]
+    list_filter = ["status", "action_ref", "tenant", "created_at"]
+    search_fields = ["=id", "action_ref"]
+    list_select_related = ["tenant"]
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+    list_per_page = 50
+    fields = [
+        "id",
+        "live_page",
+        "action_ref",
+        "runner_type",
+        "tenant",
+        "status",
+        "exit_code",
+        "shown_parameters",
+        "result",
+        "error",
+        "parent",
+        "task_name",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "last_seq",
+        "output_purged_at",
+        "recent_output",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="duration")
+    def duration(self, obj: Execution) -> str:
+        seconds = obj.duration_seconds
+        return "—" if seconds is None else f"{seconds:.1f} s"
+
+    @admin.display(description="parameters")
+    def shown_parameters(self, obj: Execution) -> dict:
+        return obj.masked_parameters()
+
+    @admin.display(description="live page")
+    def live_page(self, obj: Execution) -> str:
+        return format_html('<a href="/executions/{}/">watch output live</a>', obj.id)
+
+    @admin.display(description=f"output (last {ADMIN_OUTPUT_LINES} lines)")
+    def recent_output(self, obj: Execution) -> str:
+        if obj.output_purged_at:
+            return f"output purged on {obj.output_purged_at:%Y-%m-%d %H:%M} UTC"
+        newest = OutputChunk.objects.filter(execution=obj).order_by("-seq")[:ADMIN_OUTPUT_LINES]
+        chunks = list(reversed(newest.values_list("seq", "output_type", "data")))
+        if not chunks:
+            return "(no output yet)" if not obj.is_finished else "(no output)"
+        lines = format_html_join(
+            "",
+            '<span class="tg-{}" title="#{}">{}</span>',
+            ((kind, seq, data) for seq, kind, data in chunks),
+        )
+        return format_html(
+            '<pre class="tg-output" data-status="{}" style="max-height:40em;overflow:auto">'
+            "{}</pre>",
+            obj.status,
+            lines,
+        )
+
+
+@admin.register(OutputChunk)
+class OutputChunkAdmin(admin.ModelAdmin):
+    list_display = ["execution_id", "seq", "output_type", "short_data", "timestamp"]
+    search_fields = ["=execution__id"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+    readonly_fields = ["execution_id", "seq", "output_type", "data", "timestamp"]
+    fields = readonly_fields
+
+    def get_queryset(self, request) -> QuerySet:
+        return super().get_queryset(request).defer("execution")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="data")
+    def short_data(self, obj: OutputChunk) -> str:
+        return obj.data if len(obj.data) <= 120 else obj.data[:120] + "…"
+
+
+@admin.register(ExecutionEvent)
+class ExecutionEventAdmin(admin.ModelAdmin):
+    list_display = ["id", "event", "execution_id", "tenant", "created_at"]
+    list_filter = ["event"]
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+    readonly_fields = ["id", "event", "execution_id", "tenant", "payload", "created_at"]
+    fields = readonly_fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,266 @@
+"""Running a local process tree and streaming its pipes into an OutputSink."""
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import termios
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from executions.capture import OutputSink
+from executions.models import Execution, ExecutionStatus
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+# After the main process exits, how long a background child may keep the pipes open before
+# its whole process group is killed: long enough to drain what is buffered, short enough
+# that a forgotten `sleep 1000 &` does not hang the execution.
+PIPE_DRAIN_SECONDS = 1.0
+# Between SIGTERM and SIGKILL when a run is canceled or times out.
+KILL_GRACE_SECONDS = 2.0
+# What an action's environment starts from; the runner's own (database URLs, keys) stays out.
+PASSED_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+STDBUF = shutil.which("stdbuf")
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned grandchildren, so they are reaped here and never linger as zombies."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@dataclass
+class RunOutcome:
+    status: str
+    exit_code: int | None = None
+    result: Any = None
+    error: str = ""
+
+
+@dataclass
+class RunContext:
+    """What a runner gets: the execution, where output goes, and the cancel signal."""
+
+    execution: Execution
+    sink: OutputSink
+    canceled: asyncio.Event
+    run_child: Callable[[Execution], Awaitable[Execution]] | None = None
+    db: Callable[..., Awaitable[Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return self.execution.parameters
+
+
+@dataclass
+class ProcessResult:
+    returncode: int | None
+    timed_out: bool = False
+    canceled: bool = False
+
+    def outcome(self, result: Any = None) -> RunOutcome:
+        if self.canceled:
+            return RunOutcome(ExecutionStatus.CANCELED, self.returncode, result, "canceled")
+        if self.timed_out:
+            return RunOutcome(ExecutionStatus.TIMEOUT, self.returncode, result, "timed out")
+        status = ExecutionStatus.SUCCEEDED if self.returncode == 0 else ExecutionStatus.FAILED
+        return RunOutcome(status, self.returncode, result)
+
+
+def parameter_text(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def action_environment(parameters: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
+    """Minimal environment + PARAM_<NAME> for each parameter + the `env` parameter."""
+    env = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["PYTHONUNBUFFERED"] = "1"
+    for name, value in parameters.items():
+        if value is not None and name != "env":
+            env[f"PARAM_{name.upper()}"] = parameter_text(value)
+    for name, value in (extra or {}).items():
+        env[str(name)] = parameter_text(value)
+    return env
+
+
+def line_buffered(argv: list[str]) -> list[str]:
+    """Ask glibc programs to line-buffer stdout/stderr on pipes (no-op where stdbuf is missing)."""
+    return [STDBUF, "-oL", "-eL", *argv] if STDBUF else argv
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _reap_group(pgid: int) -> None:
+    """Collect exited members of the group that were re-parented to us (we are a subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+async def _pump(reader: asyncio.StreamReader, sink: OutputSink, output_type: str) -> None:
+    while True:
+        try:
+            data = await reader.read(READ_SIZE)
+        except OSError:  # EIO from a pty master once the terminal closed: end of output
+            return
+        if not data:
+            return
+        await sink.feed(output_type, data)
+
+
+async def _pipe_reader(pipe) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_SIZE)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader, transport
+
+
+class _Child:
+    """A spawned process whose exit is seen through a pidfd.
+
+    asyncio's Process.wait() (Python 3.12+) only returns once the pipes are closed too, so a
+    background child holding them would hang the run; the pidfd says when the main process
+    itself exits.
+    """
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+        self._pidfd = os.pidfd_open(popen.pid)
+        self._exited = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self.popen.wait()  # already exited: reaps at once
+        if not self._exited.done():
+            self._exited.set_result(self.popen.returncode)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+
+async def run_process(
+    ctx: RunContext,
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: str | None = None,
+    timeout: float | None = None,
+    use_pty: bool = False,
+    stdin_path: str | None = None,
+) -> ProcessResult:
+    """Run `argv` in its own process group, streaming stdout and stderr into ctx.sink.
+
+    Ends on exit, timeout or cancel; on the two last the whole group gets SIGTERM, then
+    SIGKILL after KILL_GRACE_SECONDS. When it returns, no process of the group is left.
+    """
+    master = slave = None
+    if use_pty:
+        master, slave = pty.openpty()
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.ONLCR  # keep "\n" as is rather than "\r\n"
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=slave if use_pty else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        if stdin_path:
+            stdin.close()
+        if slave is not None:
+            os.close(slave)
+    child = _Child(popen)
+    pgid = popen.pid
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        stdout_pipe = os.fdopen(master, "rb", 0) if master is not None else popen.stdout
+        stdout_reader, transport = await _pipe_reader(stdout_pipe)
+        transports.append(transport)
+        stderr_reader, transport = await _pipe_reader(popen.stderr)
+        transports.append(transport)
+        pumps = [
+            asyncio.create_task(_pump(stdout_reader, ctx.sink, "stdout")),
+            asyncio.create_task(_pump(stderr_reader, ctx.sink, "stderr")),
+        ]
+        result = await _wait_or_stop(child, pgid, ctx.canceled, timeout)
+        _done, pending = await asyncio.wait(pumps, timeout=PIPE_DRAIN_SECONDS)
+        _kill_group(pgid, signal.SIGKILL)  # background children die with the execution
+        if pending:
+            # Their writers are dead now: what they buffered drains, then EOF.
+            _done, pending = await asyncio.wait(pending, timeout=PIPE_DRAIN_SECONDS)
+            for task in pending:  # a process that left our group still holds the pipe
+                task.cancel()
+        return result
+    finally:
+        if child.returncode is None:
+            _kill_group(pgid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(child.wait(), KILL_GRACE_SECONDS)
+        _kill_group(pgid, signal.SIGKILL)
+        _reap_group(pgid)
+        for transport in transports:
+            transport.close()
+
+
+async def _wait_or_stop(
+    child: "_Child", pgid: int, canceled: asyncio.Event, timeout: float | None
+) -> ProcessResult:
+    exited = asyncio.ensure_future(child.wait())
+    cancel = asyncio.create_task(canceled.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {exited, cancel}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        cancel.cancel()
+    if exited in done:
+        return ProcessResult(child.returncode)
+    was_canceled = cancel in done
+    await stop_group(child, pgid)
+    return ProcessResult(child.returncode, timed_out=not was_canceled, canceled=was_canceled)
+
+
+async def stop_group(proc: "_Child", pgid: int) -> None:
+    """SIGTERM the group, SIGKILL it after KILL_GRACE_SECONDS, wait for the main process."""
+    _kill_group(pgid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
+    _kill_group(pgid, signal.SIGKILL)
+    await proc.wait()

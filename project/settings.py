@@ -1,0 +1,203 @@
+"""Tailgate's one settings module, driven by the environment.
+
+Embedded mode (the default): SQLite in WAL mode, in-memory channel layer, one process.
+Cluster mode: set DATABASE_URL (PostgreSQL) and REDIS_URL (channels-redis).
+"""
+
+import secrets
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DATA_DIR = Path(env.str("TAILGATE_DATA_DIR", default=str(BASE_DIR / "var")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _embedded_secret_key() -> str:
+    """A per-installation key kept in the data dir, so `make run` needs no configuration."""
+    path = DATA_DIR / "secret-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="") or _embedded_secret_key()
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- Database ---------------------------------------------------------------------------
+EMBEDDED_DB_PATH = DATA_DIR / "tailgate.sqlite3"
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{EMBEDDED_DB_PATH}")}
+DB_IS_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+if DB_IS_SQLITE:
+    DATABASES["default"]["OPTIONS"] = {
+        # WAL lets readers (streams) go on while the runner writes; IMMEDIATE takes the write
+        # lock at BEGIN so two writers queue on busy_timeout instead of failing mid-transaction.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # A file, not :memory:, so runner and server processes started by the tests share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# --- Channel layer ------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+CHANNEL_LAYER_CAPACITY = env.int("CHANNEL_LAYER_CAPACITY", default=1000)
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                # The layer is lossy and bounded: a channel holding `capacity` messages drops
+                # new ones silently, and messages expire after `expiry` seconds. Streams never
+                # rely on it for correctness (they backfill from the database on a seq jump),
+                # so these bound memory, not delivery.
+                "capacity": CHANNEL_LAYER_CAPACITY,
+                "expiry": 60,
+                # A consumer that died without group_discard leaves the group after a day.
+                "group_expiry": 86400,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": CHANNEL_LAYER_CAPACITY, "expiry": 60},
+        }
+    }
+
+# --- Tailgate -----------------------------------------------------------------------------
+OUTPUT_TTL_DAYS = env.int("OUTPUT_TTL_DAYS", default=7)
+EXECUTION_TTL_DAYS = env.int("EXECUTION_TTL_DAYS", default=0)
+EVENT_RETENTION_HOURS = env.int("EVENT_RETENTION_HOURS", default=24)
+STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15)
+SSE_MAX_CONNECTIONS_PER_TENANT = env.int("SSE_MAX_CONNECTIONS_PER_TENANT", default=10)
+MAX_CHUNK_BYTES = env.int("MAX_CHUNK_BYTES", default=1024 * 1024)
+PACKS_DIRS = [Path(p) for p in env.list("PACKS_DIRS", default=[str(BASE_DIR / "packs")])]
+RUNNER_CONCURRENCY = env.int("RUNNER_CONCURRENCY", default=8)
+RUNNER_HEARTBEAT_SECONDS = env.float("RUNNER_HEARTBEAT_SECONDS", default=2)
+RUNNER_ABANDON_GRACE_SECONDS = env.float("RUNNER_ABANDON_GRACE_SECONDS", default=30)
+RUNNER_POLL_SECONDS = env.float("RUNNER_POLL_SECONDS", default=1)
+RUNNER_SHUTDOWN_GRACE_SECONDS = env.float("RUNNER_SHUTDOWN_GRACE_SECONDS", default=30)
+EMBEDDED_RUNNER = env.bool("EMBEDDED_RUNNER", default=True)
+
+# --- Django -------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "guardian",
+    "executions",
+    "streaming",
+    "rbac",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Embedded mode serves static files from the app folders directly, no collectstatic step.
+WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/executions/"
+
+GUARDIAN_RAISE_403 = False
+ANONYMOUS_USER_NAME = None
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {"TITLE": "Tailgate API", "VERSION": "1.0.0"}
+
+# --- Production (`DEPLOY_SECURE=1` behind TLS passes `manage.py check --deploy`) -------
+DEPLOY_SECURE = env.bool("DEPLOY_SECURE", default=False)
+if DEPLOY_SECURE:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
