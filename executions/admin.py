@@ -1,13 +1,34 @@
+import json
+from typing import Any
+
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from executions.models import Action, Execution, ExecutionEvent, OutputChunk, Tenant
+from executions.services import mask_value
 
 # The admin detail shows this many of the newest output lines; the live page has the rest.
 ADMIN_OUTPUT_LINES = 200
+
+
+def _json_block(value: Any) -> str:
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False))
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows only services write. No delete either: the confirmation page would list every
+    related output row (a million for a long run); `purge_output` removes output."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class CappedCountPaginator(Paginator):
@@ -36,7 +57,7 @@ class ActionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Execution)
-class ExecutionAdmin(admin.ModelAdmin):
+class ExecutionAdmin(ReadOnlyAdmin):
     list_display = ["id", "action_ref", "tenant", "status", "started_at", "duration", "exit_code"]
     list_filter = ["status", "action_ref", "tenant", "created_at"]
     search_fields = ["=id", "action_ref"]
@@ -53,8 +74,8 @@ class ExecutionAdmin(admin.ModelAdmin):
         "status",
         "exit_code",
         "shown_parameters",
-        "result",
-        "error",
+        "shown_result",
+        "shown_error",
         "parent",
         "task_name",
         "created_by",
@@ -68,20 +89,23 @@ class ExecutionAdmin(admin.ModelAdmin):
     ]
     readonly_fields = fields
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
     @admin.display(description="duration")
     def duration(self, obj: Execution) -> str:
         seconds = obj.duration_seconds
         return "—" if seconds is None else f"{seconds:.1f} s"
 
     @admin.display(description="parameters")
-    def shown_parameters(self, obj: Execution) -> dict:
-        return obj.masked_parameters()
+    def shown_parameters(self, obj: Execution) -> str:
+        return _json_block(obj.masked_parameters())
+
+    @admin.display(description="result")
+    def shown_result(self, obj: Execution) -> str:
+        # An action may echo a secret into its result; the API masks it, so does the admin.
+        return _json_block(mask_value(obj.result, obj.secret_values()))
+
+    @admin.display(description="error")
+    def shown_error(self, obj: Execution) -> str:
+        return mask_value(obj.error, obj.secret_values())
 
     @admin.display(description="live page")
     def live_page(self, obj: Execution) -> str:
@@ -109,7 +133,7 @@ class ExecutionAdmin(admin.ModelAdmin):
 
 
 @admin.register(OutputChunk)
-class OutputChunkAdmin(admin.ModelAdmin):
+class OutputChunkAdmin(ReadOnlyAdmin):
     list_display = ["execution_id", "seq", "output_type", "short_data", "timestamp"]
     search_fields = ["=execution__id"]
     ordering = ["-id"]
@@ -118,31 +142,16 @@ class OutputChunkAdmin(admin.ModelAdmin):
     readonly_fields = ["execution_id", "seq", "output_type", "data", "timestamp"]
     fields = readonly_fields
 
-    def get_queryset(self, request) -> QuerySet:
-        return super().get_queryset(request).defer("execution")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
     @admin.display(description="data")
     def short_data(self, obj: OutputChunk) -> str:
         return obj.data if len(obj.data) <= 120 else obj.data[:120] + "…"
 
 
 @admin.register(ExecutionEvent)
-class ExecutionEventAdmin(admin.ModelAdmin):
+class ExecutionEventAdmin(ReadOnlyAdmin):
     list_display = ["id", "event", "execution_id", "tenant", "created_at"]
     list_filter = ["event"]
     show_full_result_count = False
     paginator = CappedCountPaginator
     readonly_fields = ["id", "event", "execution_id", "tenant", "payload", "created_at"]
     fields = readonly_fields
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False

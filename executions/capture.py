@@ -170,7 +170,7 @@ class StreamCapture:
     def stale_partial(self, now: float) -> list[str]:
         """The unfinished line, if it has waited PARTIAL_FLUSH_SECONDS for its newline."""
         since = self._splitter.partial_since
-        if since is None or now - since < PARTIAL_FLUSH_SECONDS:
+        if since is None or now < since + PARTIAL_FLUSH_SECONDS:
             return []
         return [self._splitter.take_partial()]
 

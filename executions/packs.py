@@ -35,6 +35,7 @@ class PackError(Exception):
 
 @dataclass
 class ActionSpec:
+    path: Path
     ref: str
     pack: str
     name: str
@@ -46,9 +47,12 @@ def _fail(path: Path, field: str, message: str) -> PackError:
 
 
 def read_action(path: Path) -> ActionSpec:
-    """Parse and check one action metadata file."""
+    """Parse and check one action metadata file (`<pack>/actions/<name>.yaml`)."""
+    path = path.resolve()
     pack_dir = path.parent.parent
     pack = pack_dir.name
+    if path.parent.name != "actions":
+        raise _fail(path, "path", "action metadata must be in a pack's actions folder")
     try:
         meta = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -59,7 +63,7 @@ def read_action(path: Path) -> ActionSpec:
         raise _fail(path, "metadata", "must be a YAML mapping")
     unknown = set(meta) - METADATA_KEYS
     if unknown:
-        raise _fail(path, ", ".join(sorted(unknown)), "unknown field")
+        raise _fail(path, ", ".join(sorted(map(str, unknown))), "unknown field")
     name = meta.get("name", path.stem)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise _fail(path, "name", f"{name!r} must be letters, digits, '_' or '-'")
@@ -75,9 +79,9 @@ def read_action(path: Path) -> ActionSpec:
     entry_point = meta.get("entry_point", "") or ""
     if not isinstance(entry_point, str):
         raise _fail(path, "entry_point", "must be a path relative to the pack's actions folder")
-    if runner_type in NEEDS_ENTRY_POINT:
-        if not entry_point:
-            raise _fail(path, "entry_point", f"is required for runner_type {runner_type}")
+    if runner_type in NEEDS_ENTRY_POINT and not entry_point:
+        raise _fail(path, "entry_point", f"is required for runner_type {runner_type}")
+    if entry_point:
         target = (path.parent / entry_point).resolve()
         if not target.is_relative_to(pack_dir.resolve()):
             raise _fail(path, "entry_point", f"{entry_point!r} points outside the pack")
@@ -86,7 +90,8 @@ def read_action(path: Path) -> ActionSpec:
     parameters = meta.get("parameters") or {}
     problems = check_schema(parameters)
     if problems:
-        raise _fail(path, problems[0].split(":")[0], problems[0].split(": ", 1)[1])
+        field, message = problems[0].split(": ", 1)
+        raise _fail(path, field, message)
     description = meta.get("description", "")
     if not isinstance(description, str):
         raise _fail(path, "description", "must be text")
@@ -94,6 +99,7 @@ def read_action(path: Path) -> ActionSpec:
     if not isinstance(enabled, bool):
         raise _fail(path, "enabled", "must be true or false")
     return ActionSpec(
+        path=path,
         ref=f"{pack}.{name}",
         pack=pack,
         name=name,
@@ -108,29 +114,44 @@ def read_action(path: Path) -> ActionSpec:
     )
 
 
+def _metadata_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if (path / "actions").is_dir():
+        pattern = "actions/*.y*ml"
+    elif path.is_dir():
+        pattern = "*/actions/*.y*ml"
+    else:
+        raise PackError(f"{path}: path: no such file or folder")
+    files = sorted(f for f in path.glob(pattern) if f.suffix in (".yaml", ".yml"))
+    if not files:
+        raise PackError(f"{path}: path: no action metadata (<pack>/actions/*.yaml) found here")
+    return files
+
+
 def find_action_files(paths: list[Path]) -> list[Path]:
-    """Metadata files under each path: a packs folder, one pack, or one YAML file."""
-    found: list[Path] = []
+    """Metadata files under each path: a packs folder, one pack, or one YAML file.
+
+    A file reached through two of the paths is read once.
+    """
+    found: dict[Path, None] = {}
     for path in paths:
-        if path.is_file():
-            found.append(path)
-        elif (path / "actions").is_dir():
-            found.extend(sorted((path / "actions").glob("*.yaml")))
-        elif path.is_dir():
-            found.extend(sorted(path.glob("*/actions/*.yaml")))
-        else:
-            raise PackError(f"{path}: path: no such file or folder")
-    return found
+        for file in _metadata_files(Path(path)):
+            found[file.resolve()] = None
+    return list(found)
 
 
 def register(paths: list[Path]) -> tuple[list[str], list[str]]:
-    """Load every action under `paths`, all or nothing; returns (created, updated) refs."""
+    """Load every action under `paths`, all or nothing; returns (created, updated) refs.
+
+    Raises PackError, naming the file and the field, before anything is written.
+    """
     specs = [read_action(f) for f in find_action_files(paths)]
-    seen: dict[str, None] = {}
+    seen: dict[str, Path] = {}
     for spec in specs:
         if spec.ref in seen:
-            raise PackError(f"{spec.ref}: ref: defined twice")
-        seen[spec.ref] = None
+            raise _fail(spec.path, "name", f"{spec.ref} is also defined in {seen[spec.ref]}")
+        seen[spec.ref] = spec.path
     created, updated = [], []
     with transaction.atomic():
         for spec in specs:

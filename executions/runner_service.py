@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -17,7 +18,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection, connections, transaction
 from django.utils import timezone
 
 from executions import publish, services, storage
@@ -33,6 +34,23 @@ S = ExecutionStatus
 # the control thread (claims, heartbeats, cancel checks) has its own so a busy writer can
 # never delay a heartbeat into a false `abandoned`.
 DATA_DB_THREADS = 4
+
+
+def close_thread_connections(executor: ThreadPoolExecutor, threads: int) -> None:
+    """Close the database connection of every thread of `executor`.
+
+    Connections are per thread; a barrier makes each of the `threads` tasks land on its own
+    thread, so none is left open (PostgreSQL would refuse to drop a test database otherwise).
+    """
+    barrier = threading.Barrier(threads)
+
+    def close() -> None:
+        connections.close_all()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=5)
+
+    for future in [executor.submit(close) for _ in range(threads)]:
+        future.result()
 
 
 def _db_call(fn, *args, **kwargs):
@@ -282,6 +300,12 @@ class RunnerService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.close()
+
+    def close(self) -> None:
+        """Release the database threads and their connections."""
+        close_thread_connections(self._control, 1)
+        close_thread_connections(self._data, DATA_DB_THREADS)
         self._control.shutdown(wait=True)
         self._data.shutdown(wait=True)
 

@@ -4,6 +4,7 @@ Embedded mode (the default): SQLite in WAL mode, in-memory channel layer, one pr
 Cluster mode: set DATABASE_URL (PostgreSQL) and REDIS_URL (channels-redis).
 """
 
+import os
 import secrets
 from pathlib import Path
 
@@ -43,9 +44,11 @@ if DB_IS_SQLITE:
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
-    # A file, not :memory:, so runner and server processes started by the tests share it.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+    # A file, not :memory:, so runner and server processes started by the tests share it
+    # (they get its path in DATABASE_URL); one per test process, so runs do not collide.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 

@@ -66,6 +66,17 @@ def _fresh_channel_layer():
     channel_layers.backends.clear()
 
 
+@pytest.fixture(autouse=True)
+def _close_async_thread_connections():
+    """Close the connection `sync_to_async` opened in asgiref's worker thread after each test,
+    so PostgreSQL can drop the test database at the end."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
 @pytest.fixture
 def tenant(db):
     from executions.models import Tenant

@@ -28,6 +28,9 @@ class Action(models.Model):
     runner_type = models.CharField(max_length=32, choices=RunnerType.choices)
     entry_point = models.CharField(max_length=500, blank=True)
     parameters = models.JSONField(default=dict, blank=True)
+    # Declaration order of `parameters` (jsonb on PostgreSQL does not keep key order): the
+    # order of script arguments and of the run form's fields.
+    parameter_order = models.JSONField(default=list, blank=True, editable=False)
     enabled = models.BooleanField(default=True)
     # The pack folder the action was loaded from, so entry points resolve relative to it.
     pack_path = models.CharField(max_length=1000, blank=True)
@@ -39,6 +42,15 @@ class Action(models.Model):
 
     def __str__(self) -> str:
         return self.ref
+
+    def save(self, *args, **kwargs) -> None:
+        self.parameter_order = list(self.parameters)
+        super().save(*args, **kwargs)
+
+    def ordered_parameters(self) -> list[tuple[str, dict]]:
+        known = [name for name in self.parameter_order if name in self.parameters]
+        rest = sorted(set(self.parameters) - set(known))
+        return [(name, self.parameters[name]) for name in known + rest]
 
     def secret_parameter_names(self) -> set[str]:
         return {name for name, spec in self.parameters.items() if spec.get("secret")}

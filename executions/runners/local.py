@@ -55,10 +55,10 @@ async def run_command(ctx: RunContext) -> RunOutcome:
 
 async def run_script(ctx: RunContext) -> RunOutcome:
     script = entry_point_path(ctx)
-    schema = ctx.execution.action.parameters if ctx.execution.action else {}
+    declared = ctx.execution.action.ordered_parameters() if ctx.execution.action else []
     args = [
         f"--{name}={parameter_text(ctx.parameters[name])}"
-        for name in schema
+        for name, _spec in declared
         if name not in RUNNER_PARAMETERS and ctx.parameters.get(name) is not None
     ]
     interpreter = [] if _is_executable(script) else ["/bin/sh"]

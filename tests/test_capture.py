@@ -1,0 +1,191 @@
+"""The capture pipeline on its own: decoding, masking, line splitting, batching."""
+
+import asyncio
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from executions.capture import (
+    BATCH_MAX_LINES,
+    PARTIAL_FLUSH_SECONDS,
+    LineSplitter,
+    OutputSink,
+    SecretMasker,
+    StreamCapture,
+    cut_utf8,
+    mask_text,
+)
+from executions.models.actions import MASK
+
+
+def _feed_in_pieces(text: str, secrets: list[str], cuts: list[int]) -> str:
+    masker = SecretMasker(secrets)
+    out, start = [], 0
+    for cut in sorted(set(cuts)):
+        out.append(masker.feed(text[start:cut]))
+        start = cut
+    out.append(masker.feed(text[start:]))
+    out.append(masker.flush())
+    return "".join(out)
+
+
+def test_it_masks_a_secret_and_its_json_form():
+    text = 'pw=hunter"2 json={"pw": "hunter\\"2"}\n'
+    assert mask_text(text, ['hunter"2']) == f'pw={MASK} json={{"pw": "{MASK}"}}\n'
+
+
+def test_it_masks_a_secret_split_across_every_possible_read():
+    text = "before s3cr3t-value after s3cr3t-value\n"
+    for cut in range(len(text) + 1):
+        assert _feed_in_pieces(text, ["s3cr3t-value"], [cut]) == (f"before {MASK} after {MASK}\n")
+
+
+def test_it_does_not_mask_a_prefix_of_a_secret():
+    assert _feed_in_pieces("s3cr3t", ["s3cr3t-value"], [3]) == "s3cr3t"
+
+
+def test_it_prefers_the_longer_of_two_overlapping_secrets():
+    assert mask_text("abcdef abc", ["abc", "abcdef"]) == f"{MASK} {MASK}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=st.text(alphabet='ab"\\\nx', min_size=1, max_size=6),
+    filler=st.lists(st.text(alphabet='ab"\\\nxyz', max_size=8), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=80), max_size=8),
+)
+def test_it_masks_the_same_whatever_the_split_points(secret, filler, cuts):
+    text = secret.join(filler) + secret
+    whole = mask_text(text, [secret])
+    assert _feed_in_pieces(text, [secret], cuts) == whole
+    assert whole == text.replace(secret, MASK) or secret != _json(secret)
+    assert secret not in whole.replace(MASK, "\0")
+
+
+def _json(secret: str) -> str:
+    import json
+
+    return json.dumps(secret)[1:-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    secret=st.text(alphabet="abcé€\n", min_size=2, max_size=8),
+    prefix=st.text(alphabet="abcxyé€\n", max_size=20),
+    suffix=st.text(alphabet="abcxyé€\n", max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=10),
+)
+def test_it_never_stores_a_secret_from_a_pipe_split_anywhere(secret, prefix, suffix, cuts):
+    """Bytes through the whole stream path (decoder, masker, splitter), cut at byte level."""
+    raw = (prefix + secret + suffix + secret).encode()
+    capture = StreamCapture("stdout", [secret], max_chunk_bytes=1024)
+    pieces, start = [], 0
+    for cut in sorted({c for c in cuts if c < len(raw)}):
+        pieces += capture.feed(raw[start:cut], now=0.0)
+        start = cut
+    pieces += capture.feed(raw[start:], now=0.0)
+    pieces += capture.close(now=0.0)
+    stored = "".join(pieces)
+    assert stored == mask_text(raw.decode(), [secret])
+    assert secret not in stored.replace(MASK, "\0")
+
+
+def test_it_keeps_a_multibyte_character_split_across_reads_whole():
+    capture = StreamCapture("stdout", [], max_chunk_bytes=1024)
+    raw = "héllo €uro\n".encode()
+    lines = []
+    for i in range(len(raw)):
+        lines += capture.feed(raw[i : i + 1], now=0.0)
+    assert lines == ["héllo €uro\n"]
+
+
+def test_it_replaces_invalid_utf8_without_failing():
+    capture = StreamCapture("stdout", [], max_chunk_bytes=1024)
+    lines = capture.feed(b"ok \xff\xfe bad\n", now=0.0) + capture.close(now=0.0)
+    assert lines == ["ok \ufffd\ufffd bad\n"]
+
+
+def test_it_splits_lines_and_keeps_blank_ones():
+    splitter = LineSplitter(1024)
+    assert splitter.feed("a\n\nb", now=0.0) == ["a\n", "\n"]
+    assert splitter.partial == "b"
+    assert splitter.feed("c\n", now=0.0) == ["bc\n"]
+
+
+def test_it_flushes_a_partial_line_only_after_the_silence():
+    capture = StreamCapture("stdout", [], max_chunk_bytes=1024)
+    assert capture.feed(b"Password: ", now=10.0) == []
+    assert capture.stale_partial(now=10.0 + PARTIAL_FLUSH_SECONDS / 2) == []
+    assert capture.stale_partial(now=10.0 + PARTIAL_FLUSH_SECONDS) == ["Password: "]
+
+
+def test_it_cuts_a_long_line_at_character_boundaries():
+    line = "€" * 1000 + "\n"  # 3001 bytes
+    pieces = cut_utf8(line, 1000)
+    assert "".join(pieces) == line
+    assert all(len(p.encode()) <= 1000 for p in pieces)
+    assert len(pieces) == 4
+
+
+def test_it_bounds_an_endless_line_as_it_arrives():
+    capture = StreamCapture("stdout", [], max_chunk_bytes=4096)
+    emitted = []
+    for _ in range(10):
+        emitted += capture.feed(b"x" * 3000, now=0.0)
+    emitted += capture.close(now=0.0)
+    assert "".join(emitted) == "x" * 30000
+    assert all(len(p) <= 4096 for p in emitted)
+    assert not any(p.endswith("\n") for p in emitted)
+
+
+async def test_it_batches_with_gapless_seq_in_read_order():
+    batches = []
+
+    async def write(batch):
+        batches.append(batch)
+
+    sink = OutputSink("01TEST", write, max_chunk_bytes=1024)
+    writer = asyncio.create_task(sink.run())
+    await sink.feed("stdout", b"one\ntwo\n")
+    await sink.feed("stderr", b"oops\n")
+    await sink.feed("stdout", b"three")
+    sink.close_streams()
+    await asyncio.wait_for(writer, 5)
+    rows = [row for batch in batches for row in batch.rows]
+    assert [(seq, kind, data) for seq, kind, data, _ in rows] == [
+        (1, "stdout", "one\n"),
+        (2, "stdout", "two\n"),
+        (3, "stderr", "oops\n"),
+        (4, "stdout", "three"),
+    ]
+    assert all(b.first_seq == b.rows[0][0] and b.last_seq == b.rows[-1][0] for b in batches)
+
+
+async def test_it_caps_the_batch_size():
+    batches = []
+
+    async def write(batch):
+        batches.append(len(batch.rows))
+
+    sink = OutputSink("01TEST", write, max_chunk_bytes=1024)
+    writer = asyncio.create_task(sink.run())
+    await sink.feed("stdout", b"x\n" * (BATCH_MAX_LINES * 2 + 10))
+    sink.close_streams()
+    await asyncio.wait_for(writer, 5)
+    assert sum(batches) == BATCH_MAX_LINES * 2 + 10
+    assert max(batches) == BATCH_MAX_LINES
+
+
+async def test_it_flushes_a_prompt_without_a_newline_while_the_stream_is_open():
+    written = asyncio.Queue()
+
+    async def write(batch):
+        await written.put(batch)
+
+    sink = OutputSink("01TEST", write, max_chunk_bytes=1024)
+    writer = asyncio.create_task(sink.run())
+    await sink.feed("stdout", b"Continue? [y/N] ")
+    batch = await asyncio.wait_for(written.get(), 2)
+    assert [row[2] for row in batch.rows] == ["Continue? [y/N] "]
+    sink.close_streams()
+    await asyncio.wait_for(writer, 5)
