@@ -20,16 +20,22 @@ from typing import Any
 
 from executions.models.actions import MASK
 
-# A partial line (a prompt, a progress bar) waits at most this long for its newline.
+# A partial line (a prompt, a progress bar) is flushed after this much silence on its stream
+# (never while the readers are paused by backpressure: that silence is ours, not the
+# process's) ...
 PARTIAL_FLUSH_SECONDS = 0.1
+# ... or once it is this old, so a progress bar redrawn with \r faster than that still shows.
+PARTIAL_MAX_AGE_SECONDS = 1.0
 # Lines are written in batches: a batch closes this long after its first line ...
 BATCH_WINDOW_SECONDS = 0.02
 # ... or once it holds this many lines or characters, whichever comes first.
 BATCH_MAX_LINES = 5000
 BATCH_MAX_CHARS = 2 * 1024 * 1024
 # Readers pause (and so the process blocks on its pipe) while this much waits to be written:
-# memory stays bounded whatever the action prints.
+# memory stays bounded whatever the action prints (a pending line costs ~150 bytes on top of
+# its text, so lines are bounded as well as characters).
 PENDING_HIGH_WATER_CHARS = 8 * 1024 * 1024
+PENDING_HIGH_WATER_LINES = 4 * BATCH_MAX_LINES
 
 
 class SecretMasker:
@@ -122,11 +128,13 @@ class LineSplitter:
     def __init__(self, max_chunk_bytes: int):
         self.max_chunk_bytes = max_chunk_bytes
         self.partial = ""
-        self.partial_since: float | None = None
+        self.partial_since: float | None = None  # when the current partial line began
+        self.last_data_at: float | None = None  # when text last arrived
 
     def feed(self, text: str, now: float) -> list[str]:
         if not text:
             return []
+        self.last_data_at = now
         data = self.partial + text if self.partial else text
         end = data.rfind("\n")
         if end == -1:
@@ -168,15 +176,24 @@ class StreamCapture:
         return self._splitter.feed(self._masker.feed(text), now)
 
     def stale_partial(self, now: float) -> list[str]:
-        """The unfinished line, if it has waited PARTIAL_FLUSH_SECONDS for its newline."""
-        since = self._splitter.partial_since
-        if since is None or now < since + PARTIAL_FLUSH_SECONDS:
+        """The unfinished line, after PARTIAL_FLUSH_SECONDS of silence or at its max age."""
+        deadline = self.partial_deadline()
+        if deadline is None or now < deadline:
             return []
         return [self._splitter.take_partial()]
 
+    def resumed(self, now: float) -> None:
+        if self._splitter.last_data_at is not None:
+            self._splitter.last_data_at = now
+
     def partial_deadline(self) -> float | None:
-        since = self._splitter.partial_since
-        return None if since is None else since + PARTIAL_FLUSH_SECONDS
+        splitter = self._splitter
+        if splitter.partial_since is None or splitter.last_data_at is None:
+            return None
+        return min(
+            splitter.last_data_at + PARTIAL_FLUSH_SECONDS,
+            splitter.partial_since + PARTIAL_MAX_AGE_SECONDS,
+        )
 
     def close(self, now: float) -> list[str]:
         """End of stream: whatever is left, decoded, masked and flushed."""
@@ -250,6 +267,12 @@ class OutputSink:
         self._room.set()
         self._closed = False
         self.lines_written = 0
+        self.bytes_fed = 0
+
+    @property
+    def has_room(self) -> bool:
+        """False while readers are held back until pending output is written."""
+        return self._room.is_set()
 
     @property
     def last_seq(self) -> int:
@@ -264,6 +287,7 @@ class OutputSink:
     async def feed(self, output_type: str, data: bytes, prefix: str = "") -> None:
         """Take bytes read from one stream; waits while too much is pending (backpressure)."""
         await self._room.wait()
+        self.bytes_fed += len(data)
         now = time.monotonic()
         self._add((output_type, prefix), self.stream(output_type, prefix).feed(data, now), now)
 
@@ -289,12 +313,19 @@ class OutputSink:
         self._next_seq = seq
         if self._pending_since is None:
             self._pending_since = now
-        if self._pending_chars >= PENDING_HIGH_WATER_CHARS:
+        if self._too_full():
             self._room.clear()
         self._wake.set()
 
+    def _too_full(self) -> bool:
+        return (
+            self._pending_chars >= PENDING_HIGH_WATER_CHARS
+            or len(self._pending) >= PENDING_HIGH_WATER_LINES
+        )
+
     def _next_deadline(self) -> float | None:
-        deadlines = [s.partial_deadline() for s in self._streams.values()]
+        paused = not self._room.is_set()
+        deadlines = [] if paused else [s.partial_deadline() for s in self._streams.values()]
         if self._pending_since is not None:
             full = len(self._pending) >= BATCH_MAX_LINES or self._pending_chars >= BATCH_MAX_CHARS
             deadlines.append(
@@ -321,9 +352,13 @@ class OutputSink:
                     continue
                 except TimeoutError:
                     pass
+            # Let readers take what the pipes already hold before judging a line silent.
+            for _ in range(2):
+                await asyncio.sleep(0)
             now = time.monotonic()
-            for key, capture in self._streams.items():
-                self._add(key, capture.stale_partial(now), now)
+            if self._room.is_set():
+                for key, capture in self._streams.items():
+                    self._add(key, capture.stale_partial(now), now)
             await self._flush()
 
     async def _flush(self) -> None:
@@ -336,7 +371,11 @@ class OutputSink:
         self._pending_since = time.monotonic() if self._pending else None
         await self._write(Batch(self.execution_id, rows[0][0], rows))
         self.lines_written += len(rows)
-        if self._pending_chars < PENDING_HIGH_WATER_CHARS:
+        if not self._too_full() and not self._room.is_set():
+            # The readers were held back: their silence restarts now, not at their last read.
+            now = time.monotonic()
+            for capture in self._streams.values():
+                capture.resumed(now)
             self._room.set()
 
     def close_streams(self) -> None:

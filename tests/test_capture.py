@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from executions.capture import (
     BATCH_MAX_LINES,
     PARTIAL_FLUSH_SECONDS,
+    PARTIAL_MAX_AGE_SECONDS,
+    PENDING_HIGH_WATER_LINES,
     LineSplitter,
     OutputSink,
     SecretMasker,
@@ -189,3 +191,38 @@ async def test_it_flushes_a_prompt_without_a_newline_while_the_stream_is_open():
     assert [row[2] for row in batch.rows] == ["Continue? [y/N] "]
     sink.close_streams()
     await asyncio.wait_for(writer, 5)
+
+
+def test_it_flushes_a_partial_line_redrawn_faster_than_the_silence_at_its_max_age():
+    capture = StreamCapture("stdout", [], max_chunk_bytes=1024)
+    now = 0.0
+    flushed = []
+    while now < PARTIAL_MAX_AGE_SECONDS + 0.2:
+        capture.feed(b"\rprogress", now=now)
+        flushed += capture.stale_partial(now=now)
+        now += PARTIAL_FLUSH_SECONDS / 2
+    assert len(flushed) == 1 and flushed[0].startswith("\rprogress")
+
+
+async def test_it_does_not_flush_a_partial_line_while_the_writer_holds_the_readers_back():
+    release = asyncio.Event()
+    batches = []
+
+    async def slow_write(batch):
+        await release.wait()
+        batches.append(batch)
+
+    sink = OutputSink("01TEST", slow_write, max_chunk_bytes=1024)
+    writer = asyncio.create_task(sink.run())
+    # Enough lines to pass the high-water mark, ending mid-line.
+    await sink.feed("stdout", b"line\n" * PENDING_HIGH_WATER_LINES + b"half a li")
+    feeding = asyncio.create_task(sink.feed("stdout", b"ne\n"))  # blocked: no room
+    await asyncio.sleep(PARTIAL_FLUSH_SECONDS * 3)  # a stall far longer than the silence
+    assert not feeding.done()
+    release.set()
+    await asyncio.wait_for(feeding, 5)
+    sink.close_streams()
+    await asyncio.wait_for(writer, 5)
+    data = [row[2] for batch in batches for row in batch.rows]
+    assert data[-1] == "half a line\n"
+    assert all(d.endswith("\n") for d in data)

@@ -234,11 +234,14 @@ async def test_it_masks_secrets_in_output_and_result(tmp_path):
 
 
 async def test_it_gives_a_gapless_seq_to_a_fast_flood(local):
-    done = await run_cmd(local, "seq 1 50000; seq 1 1000 >&2")
+    done = await run_cmd(local, "seq 1 200000; seq 1 1000 >&2")
     chunks = await output(done.id)
-    assert [seq for seq, _, _ in chunks] == list(range(1, 51001))
-    assert text_of(await output(done.id, "stdout")) == "".join(f"{i}\n" for i in range(1, 50001))
-    assert done.last_seq == 51000
+    assert [seq for seq, _, _ in chunks] == list(range(1, 201001))
+    stdout = await output(done.id, "stdout")
+    assert text_of(stdout) == "".join(f"{i}\n" for i in range(1, 200001))
+    # Backpressure pauses the reader mid-line; that pause must not cut lines in two.
+    assert all(data.endswith("\n") for _, _, data in stdout)
+    assert done.last_seq == 201000
 
 
 async def test_it_runs_stdout_on_a_terminal_with_pty(local):

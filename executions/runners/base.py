@@ -20,10 +20,12 @@ from executions.models import Execution, ExecutionStatus
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
-# After the main process exits, how long a background child may keep the pipes open before
-# its whole process group is killed: long enough to drain what is buffered, short enough
-# that a forgotten `sleep 1000 &` does not hang the execution.
+# After the main process exits, how long the pipes may stay open *and idle* (no bytes, the
+# readers not held back by the writer) before the whole process group is killed: a
+# forgotten `sleep 1000 &` must not hang the execution, but output still flowing is drained.
 PIPE_DRAIN_SECONDS = 1.0
+# A background child that keeps writing after the main process exited is killed after this.
+PIPE_DRAIN_MAX_SECONDS = 30.0
 # Between SIGTERM and SIGKILL when a run is canceled or times out.
 KILL_GRACE_SECONDS = 2.0
 # What an action's environment starts from; the runner's own (database URLs, keys) stays out.
@@ -119,6 +121,35 @@ def _reap_group(pgid: int) -> None:
             return
         if pid == 0:
             return
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# How long to wait, after SIGKILL, for the group's processes to die and be reaped (dying and
+# re-parenting take a moment; a member that is nobody's child of ours cannot be waited on).
+REAP_SECONDS = 2.0
+REAP_POLL_SECONDS = 0.01
+
+
+async def kill_and_reap(pgid: int) -> None:
+    """SIGKILL the whole group and wait until none of it is left, zombies included."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REAP_SECONDS
+    _kill_group(pgid, signal.SIGKILL)
+    while True:
+        _reap_group(pgid)
+        if not _group_exists(pgid) or loop.time() > deadline:
+            return
+        _kill_group(pgid, signal.SIGKILL)  # members forked while we were killing
+        await asyncio.sleep(REAP_POLL_SECONDS)
 
 
 async def _pump(reader: asyncio.StreamReader, sink: OutputSink, output_type: str) -> None:
@@ -220,23 +251,39 @@ async def run_process(
             asyncio.create_task(_pump(stderr_reader, ctx.sink, "stderr")),
         ]
         result = await _wait_or_stop(child, pgid, ctx.canceled, timeout)
-        _done, pending = await asyncio.wait(pumps, timeout=PIPE_DRAIN_SECONDS)
+        pending = await _drain(pumps, ctx.sink, PIPE_DRAIN_MAX_SECONDS)
         _kill_group(pgid, signal.SIGKILL)  # background children die with the execution
-        if pending:
-            # Their writers are dead now: what they buffered drains, then EOF.
-            _done, pending = await asyncio.wait(pending, timeout=PIPE_DRAIN_SECONDS)
-            for task in pending:  # a process that left our group still holds the pipe
-                task.cancel()
+        # Their writers are dead now: what they buffered drains, then EOF ...
+        pending = await _drain(pending, ctx.sink, None)
+        for task in pending:  # ... unless a process that left our group still holds a pipe
+            task.cancel()
         return result
     finally:
         if child.returncode is None:
             _kill_group(pgid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(child.wait(), KILL_GRACE_SECONDS)
-        _kill_group(pgid, signal.SIGKILL)
-        _reap_group(pgid)
+        await kill_and_reap(pgid)
         for transport in transports:
             transport.close()
+
+
+async def _drain(pumps, sink: OutputSink, limit: float | None) -> set[asyncio.Task]:
+    """Wait for the pumps to reach EOF while output still flows; the ones left pending.
+
+    Stops after PIPE_DRAIN_SECONDS with no byte read while the sink had room (the pipe is
+    idle, held open by someone), or after `limit` seconds in all.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pending = set(pumps)
+    while pending:
+        fed_before = sink.bytes_fed
+        _done, pending = await asyncio.wait(pending, timeout=PIPE_DRAIN_SECONDS)
+        flowing = sink.bytes_fed != fed_before or not sink.has_room
+        if not flowing or (limit is not None and loop.time() - started >= limit):
+            break
+    return pending
 
 
 async def _wait_or_stop(
