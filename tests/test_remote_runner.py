@@ -2,6 +2,8 @@
 
 import asyncio
 import contextlib
+import os
+import signal
 
 import asyncssh
 import pytest
@@ -42,7 +44,7 @@ async def _serve_command(process: asyncssh.SSHServerProcess) -> None:
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
             await asyncio.shield(proc.wait())
 
 
