@@ -1,0 +1,53 @@
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from executions import services
+from executions.models import Tenant
+from executions.parameters import ParameterError
+
+
+def parse_assignments(pairs: list[str]) -> dict:
+    """`key=value` pairs; a value that parses as JSON (numbers, lists, true) is taken as such."""
+    parameters = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CommandError(f"parameter {pair!r} must look like name=value")
+        try:
+            parameters[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[name] = value
+    return parameters
+
+
+class Command(BaseCommand):
+    help = (
+        "Schedule a run of an action, e.g. `run_action examples.print_lines count=20 delay=0.5`. "
+        "A running runner (`make run`, or `manage.py actionrunner`) picks it up."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("action", help="action ref, pack.name")
+        parser.add_argument("parameters", nargs="*", help="name=value pairs")
+        parser.add_argument("--tenant", default="default", help="tenant slug (default: default)")
+
+    def handle(self, *args, action, parameters, tenant, **options):
+        try:
+            found = services.get_action(action)
+        except services.ActionUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            chosen = Tenant.objects.get(slug=tenant)
+        except Tenant.DoesNotExist:
+            raise CommandError(f"tenant {tenant!r} does not exist") from None
+        try:
+            execution = services.create_execution(
+                found, parse_assignments(parameters), tenant=chosen
+            )
+        except ParameterError as exc:
+            raise CommandError(f"bad parameters: {exc}") from None
+        self.stdout.write(f"Scheduled {execution.action_ref} as execution {execution.id}")
+        self.stdout.write(
+            f"  watch: /executions/{execution.id}/  admin: /admin/executions/execution/{execution.id}/change/"
+        )
