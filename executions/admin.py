@@ -1,8 +1,10 @@
 import json
-from typing import Any
+import re
+from typing import Any, cast
 
 from django.contrib import admin
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
@@ -11,6 +13,8 @@ from executions.services import mask_value
 
 # The admin detail shows this many of the newest output lines; the live page has the rest.
 ADMIN_OUTPUT_LINES = 200
+# Execution ids are ULIDs; Crockford base32 is case-insensitive, so a pasted id may be lower case.
+ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$", re.IGNORECASE)
 
 
 def _json_block(value: Any) -> str:
@@ -38,7 +42,8 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return self.object_list[: self.CAP + 1].count()
+        rows = cast(QuerySet, self.object_list)
+        return rows[: self.CAP + 1].count()
 
 
 @admin.register(Tenant)
@@ -60,12 +65,13 @@ class ActionAdmin(admin.ModelAdmin):
 class ExecutionAdmin(ReadOnlyAdmin):
     list_display = ["id", "action_ref", "tenant", "status", "started_at", "duration", "exit_code"]
     list_filter = ["status", "action_ref", "tenant", "created_at"]
-    search_fields = ["=id", "action_ref"]
+    search_fields = ["action_ref"]
+    search_help_text = "An execution id, or part of an action ref."
     list_select_related = ["tenant"]
     show_full_result_count = False
     paginator = CappedCountPaginator
     list_per_page = 50
-    fields = [
+    fields = readonly_fields = (
         "id",
         "live_page",
         "action_ref",
@@ -86,8 +92,19 @@ class ExecutionAdmin(ReadOnlyAdmin):
         "last_seq",
         "output_purged_at",
         "recent_output",
-    ]
-    readonly_fields = fields
+    )
+
+    def get_queryset(self, request):
+        # The detail shows the tenant too: one query, not two.
+        return super().get_queryset(request).select_related("tenant")
+
+    def get_search_results(self, request, queryset, search_term):
+        # An id is matched exactly on the primary key; `=id` would be a case-insensitive
+        # comparison that no index serves.
+        term = search_term.strip()
+        if ULID_RE.match(term):
+            return queryset.filter(pk=term.upper()), False
+        return super().get_search_results(request, queryset, search_term)
 
     @admin.display(description="duration")
     def duration(self, obj: Execution) -> str:
@@ -135,12 +152,22 @@ class ExecutionAdmin(ReadOnlyAdmin):
 @admin.register(OutputChunk)
 class OutputChunkAdmin(ReadOnlyAdmin):
     list_display = ["execution_id", "seq", "output_type", "short_data", "timestamp"]
-    search_fields = ["=execution__id"]
-    ordering = ["-id"]
+    search_fields = ["execution_id"]
+    search_help_text = "An execution id."
+    # Newest execution first (ULIDs sort by time), newest line first: the (execution, seq)
+    # unique index serves this order, searched or not. No column sorts: over a million rows
+    # any other order is a full sort.
+    ordering = ["-execution_id", "-seq"]
+    sortable_by = ()
     show_full_result_count = False
     paginator = CappedCountPaginator
-    readonly_fields = ["execution_id", "seq", "output_type", "data", "timestamp"]
-    fields = readonly_fields
+    fields = readonly_fields = ("execution_id", "seq", "output_type", "data", "timestamp")
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(execution_id=term.upper()), False
 
     @admin.display(description="data")
     def short_data(self, obj: OutputChunk) -> str:
@@ -151,7 +178,7 @@ class OutputChunkAdmin(ReadOnlyAdmin):
 class ExecutionEventAdmin(ReadOnlyAdmin):
     list_display = ["id", "event", "execution_id", "tenant", "created_at"]
     list_filter = ["event"]
+    ordering = ["-id"]
     show_full_result_count = False
     paginator = CappedCountPaginator
-    readonly_fields = ["id", "event", "execution_id", "tenant", "payload", "created_at"]
-    fields = readonly_fields
+    fields = readonly_fields = ("id", "event", "execution_id", "tenant", "payload", "created_at")

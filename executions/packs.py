@@ -152,7 +152,8 @@ def register(paths: list[Path]) -> tuple[list[str], list[str]]:
         if spec.ref in seen:
             raise _fail(spec.path, "name", f"{spec.ref} is also defined in {seen[spec.ref]}")
         seen[spec.ref] = spec.path
-    created, updated = [], []
+    created: list[str] = []
+    updated: list[str] = []
     with transaction.atomic():
         for spec in specs:
             _, was_created = Action.objects.update_or_create(

@@ -94,6 +94,15 @@ RUNNER_ABANDON_GRACE_SECONDS = env.float("RUNNER_ABANDON_GRACE_SECONDS", default
 RUNNER_POLL_SECONDS = env.float("RUNNER_POLL_SECONDS", default=1)
 RUNNER_SHUTDOWN_GRACE_SECONDS = env.float("RUNNER_SHUTDOWN_GRACE_SECONDS", default=30)
 EMBEDDED_RUNNER = env.bool("EMBEDDED_RUNNER", default=True)
+# Stream connection limits (rbac/limits.py): superusers count too unless exempted; a slot is a
+# lease in Redis renewed while the stream lives, so a crashed web process frees its slots
+# after SSE_SLOT_TTL_SECONDS; the key prefix keeps installations sharing one Redis apart.
+SSE_LIMIT_EXEMPT_SUPERUSERS = env.bool("SSE_LIMIT_EXEMPT_SUPERUSERS", default=False)
+SSE_RETRY_AFTER_SECONDS = env.int("SSE_RETRY_AFTER_SECONDS", default=5)
+SSE_SLOT_TTL_SECONDS = env.float("SSE_SLOT_TTL_SECONDS", default=30)
+SSE_LIMIT_KEY_PREFIX = env.str("SSE_LIMIT_KEY_PREFIX", default="tailgate:streams")
+# Open streams re-check their caller's access this often (revocation is live within 5 s).
+STREAM_ACCESS_RECHECK_SECONDS = env.float("STREAM_ACCESS_RECHECK_SECONDS", default=2)
 
 # --- Django -------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -164,6 +173,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns when it is missing
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -180,10 +190,34 @@ ANONYMOUS_USER_NAME = None
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # An API key when the request presents one (Bearer or X-API-Key), else the session.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rbac.authentication.ApiKeyAuthentication",
+        "executions.api.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: no browsable API, so no /api/ path ever answers an HTML page.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "executions.api.pagination.Pagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "executions.api.problems.exception_handler",
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Tailgate API", "VERSION": "1.0.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tailgate API",
+    "DESCRIPTION": (
+        "Run automation actions and follow their output live. Errors are "
+        "`application/problem+json` (RFC 9457). The WebSocket `/ws/v1/stream` carries the "
+        "same events as the two SSE endpoints; it is not described here."
+    ),
+    "VERSION": "1.0.0",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "executions.api.schema.add_streaming_endpoints",
+    ],
+}
 
 # --- Production (`DEPLOY_SECURE=1` behind TLS passes `manage.py check --deploy`) -------
 DEPLOY_SECURE = env.bool("DEPLOY_SECURE", default=False)

@@ -6,13 +6,15 @@ longer text is replaced by its text. A failed task stops the workflow. Progress 
 the workflow's own output as `other`; `result` maps each task to its child's status.
 """
 
+import asyncio
+import contextlib
 import re
 from typing import Any
 
 import yaml
 
 from executions import services
-from executions.models import Action, ExecutionStatus
+from executions.models import Action, Execution, ExecutionStatus
 from executions.runners.base import RunContext, RunOutcome
 from executions.runners.local import entry_point_path
 
@@ -46,8 +48,6 @@ def load_tasks(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def _create_child(parent_id: str, task: dict[str, Any], parameters: dict[str, Any]):
-    from executions.models import Execution
-
     parent = Execution.objects.select_related("tenant").get(pk=parent_id)
     action = Action.objects.get(ref=task["action"])
     child = services.create_execution(
@@ -93,15 +93,13 @@ async def run_workflow(ctx: RunContext) -> RunOutcome:
 
 def _forward_cancel(ctx: RunContext, child_id: str):
     """Cancel the running child when the workflow is canceled."""
-    import asyncio
-    import contextlib
-
-    from executions.models import Execution
+    db = ctx.db
+    assert db is not None
 
     async def forward() -> None:
         await ctx.canceled.wait()
-        child = await ctx.db(Execution.objects.get, pk=child_id)
+        child = await db(Execution.objects.get, pk=child_id)
         with contextlib.suppress(services.NotCancelable):
-            await ctx.db(services.cancel, child)
+            await db(services.cancel, child)
 
     return asyncio.create_task(forward())
