@@ -55,6 +55,7 @@ def execution_payload(execution: Execution) -> dict[str, Any]:
         "status": execution.status,
         "exit_code": execution.exit_code,
         "result": mask_value(execution.result, execution.secret_values()),
+        "error": mask_value(execution.error, execution.secret_values()) or "",
         "parameters": execution.masked_parameters(),
         "parent": execution.parent_id,
         "task_name": execution.task_name,

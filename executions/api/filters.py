@@ -20,9 +20,7 @@ class ExecutionFilter(django_filters.FilterSet):
     status = StatusInFilter(choices=ExecutionStatus.choices, help_text="comma list of statuses")
     action = CharInFilter(field_name="action_ref", help_text="comma list of action refs")
     tenant = CharInFilter(field_name="tenant__slug", help_text="comma list of tenant slugs")
-    parent = django_filters.CharFilter(
-        field_name="parent_id", help_text="the parent workflow execution's id"
-    )
+    parent = CharInFilter(field_name="parent_id", help_text="comma list of parent execution ids")
 
     class Meta:
         model = Execution

@@ -5,7 +5,7 @@ from rest_framework.pagination import LimitOffsetPagination
 MAX_PAGE_SIZE = 500
 
 
-class ExecutionPagination(LimitOffsetPagination):
+class Pagination(LimitOffsetPagination):
     """`?limit=&offset=`; the response holds `count`, `next`, `previous` and `results`."""
 
     default_limit = 50

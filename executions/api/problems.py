@@ -5,6 +5,7 @@ path, a bad Host header, a crash in middleware) go through the Django handlers a
 """
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -66,7 +67,12 @@ def problem(
 def problem_response(request: HttpRequest, status: int, detail: str, **kwargs) -> JsonResponse:
     """A plain Django response carrying a problem (for code outside DRF views)."""
     body = problem(status, detail, instance=request.path, **kwargs)
-    return JsonResponse(body, status=status, content_type=PROBLEM_MEDIA_TYPE)
+    return JsonResponse(
+        body,
+        status=status,
+        content_type=PROBLEM_MEDIA_TYPE,
+        json_dumps_params={"separators": (",", ":")},  # as compact as DRF's own answers
+    )
 
 
 # --- DRF ----------------------------------------------------------------------------------
@@ -138,10 +144,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         status, errors = api_exc.status_code, getattr(api_exc, "errors", None)
         detail = str(api_exc.detail) if not isinstance(api_exc.detail, (list, dict)) else ""
         detail = detail or str(api_exc.default_detail)
-        if getattr(api_exc, "auth_header", None):
-            headers["WWW-Authenticate"] = api_exc.auth_header
-        if getattr(api_exc, "wait", None):
-            headers["Retry-After"] = f"{api_exc.wait:.0f}"
+        challenge, wait = getattr(api_exc, "auth_header", None), getattr(api_exc, "wait", None)
+        if challenge:
+            headers["WWW-Authenticate"] = challenge
+        if wait:
+            headers["Retry-After"] = str(math.ceil(wait))
     set_rollback()
     # Errors are problem+json whatever the client asked for (and even when negotiation failed).
     request.accepted_renderer = ProblemJSONRenderer()

@@ -13,6 +13,7 @@ from rest_framework.reverse import reverse
 from executions import services
 from executions.models import Action, Execution, ExecutionStatus, RunnerType
 from executions.models.actions import MASK
+from rbac.access import visible_executions
 
 
 class ActionSerializer(serializers.ModelSerializer):
@@ -28,7 +29,7 @@ class ActionSerializer(serializers.ModelSerializer):
         # A secret parameter's default is itself a secret.
         return {
             name: {**spec, "default": MASK} if spec.get("secret") and "default" in spec else spec
-            for name, spec in action.parameters.items()
+            for name, spec in action.ordered_parameters()
         }
 
 
@@ -47,8 +48,14 @@ class ExecutionSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=ExecutionStatus.choices)
     exit_code = serializers.IntegerField(allow_null=True)
     result = serializers.JSONField(allow_null=True, help_text="secret values masked")
+    error = serializers.CharField(
+        allow_blank=True, help_text="why it failed, timed out or was abandoned; secrets masked"
+    )
     parameters = serializers.DictField(help_text="secret parameters shown as ********")
-    parent = serializers.CharField(allow_null=True, help_text="the parent workflow's id")
+    # Declared fields are popped off the class, so `parent` does not shadow Field.parent.
+    parent = serializers.CharField(  # type: ignore[assignment]
+        allow_null=True, help_text="the parent workflow's id"
+    )
     task_name = serializers.CharField(allow_blank=True, help_text="the workflow task it runs")
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -72,7 +79,8 @@ class ExecutionSerializer(serializers.Serializer):
     def _children(self, execution: Execution) -> list[str]:
         prefetched = getattr(execution, "visible_children", None)
         if prefetched is None:
-            children = self.context["visible_children"].filter(parent=execution)
+            visible = visible_executions(self.context["request"].user)
+            children = visible.filter(parent=execution)
             return list(children.order_by("created_at", "id").values_list("id", flat=True))
         return [child.id for child in prefetched]
 
