@@ -42,6 +42,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/purge.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -26,9 +26,11 @@ from executions.models.actions import MASK
 PARTIAL_FLUSH_SECONDS = 0.1
 # ... or once it is this old, so a progress bar redrawn with \r faster than that still shows.
 PARTIAL_MAX_AGE_SECONDS = 1.0
-# Lines are written in batches: a batch closes this long after its first line ...
-BATCH_WINDOW_SECONDS = 0.02
-# ... or once it holds this many lines or characters, whichever comes first.
+# Lines are written in batches. A batch closes this long after its first line; 0 means a
+# line is written at once when no write is in progress, and whatever arrives during a write
+# forms the next batch: low latency when quiet (bench/latency.py), big batches under load ...
+BATCH_WINDOW_SECONDS = 0.0
+# ... and a batch holds at most this many lines or characters.
 BATCH_MAX_LINES = 5000
 BATCH_MAX_CHARS = 2 * 1024 * 1024
 # Readers pause (and so the process blocks on its pipe) while this much waits to be written:

@@ -43,8 +43,16 @@ def output_batch_message(
     }
 
 
-def event_message(event_id: int, event: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "execution.event", "id": event_id, "event": event, "payload": payload}
+def event_message(
+    event_id: int, event: str, payload: dict[str, Any], tenant_id: int
+) -> dict[str, Any]:
+    return {
+        "type": "execution.event",
+        "id": event_id,
+        "event": event,
+        "payload": payload,
+        "tenant_id": tenant_id,
+    }
 
 
 async def agroup_send(group: str, message: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from executions import publish
@@ -67,13 +67,22 @@ def execution_payload(execution: Execution) -> dict[str, Any]:
     }
 
 
+# Event ids must commit in id order, or a `Last-Event-ID` resume could skip one that committed
+# late: on PostgreSQL event writers take this transaction-scoped advisory lock (SQLite already
+# has a single writer). Lifecycle transactions are short, so the queue is too.
+EVENT_ORDER_LOCK = 0x7461696C  # "tail"
+
+
 def _record_event(execution: Execution, event: str) -> None:
     """Write the event row now and publish it once the surrounding transaction commits."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_ORDER_LOCK])
     payload = execution_payload(execution)
     row = ExecutionEvent.objects.create(
         event=event, execution=execution, tenant_id=execution.tenant_id, payload=payload
     )
-    message = publish.event_message(row.id, event, payload)
+    message = publish.event_message(row.id, event, payload, execution.tenant_id)
 
     def ring() -> None:
         publish.group_send(publish.tenant_events_group(execution.tenant_id), message)

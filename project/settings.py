@@ -61,6 +61,8 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_URL],
+                # Separate installations (or parallel test runs) sharing one Redis.
+                "prefix": env.str("CHANNEL_LAYER_PREFIX", default="tailgate"),
                 # The layer is lossy and bounded: a channel holding `capacity` messages drops
                 # new ones silently, and messages expire after `expiry` seconds. Streams never
                 # rely on it for correctness (they backfill from the database on a seq jump),

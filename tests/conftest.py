@@ -75,6 +75,9 @@ def _close_async_thread_connections():
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+    from streaming.db import close_connections
+
+    close_connections()
 
 
 @pytest.fixture

@@ -77,8 +77,15 @@ class Execution(models.Model):
             models.Index(fields=["status", "created_at"], name="exec_status_created"),
             # Action filter: `WHERE action_ref=… ORDER BY created_at DESC`.
             models.Index(fields=["action_ref", "-created_at"], name="exec_action_created"),
-            # Purge: `WHERE finished_at < cutoff AND output_purged_at IS NULL`.
+            # Purge by execution age: `WHERE finished_at < cutoff` (with --executions).
             models.Index(fields=["finished_at"], name="exec_finished"),
+            # Output purge: `WHERE finished_at < cutoff AND output_purged_at IS NULL`, without
+            # walking the whole purged history first.
+            models.Index(
+                fields=["finished_at"],
+                condition=models.Q(output_purged_at__isnull=True),
+                name="exec_unpurged_finished",
+            ),
             # Reaper: `WHERE status IN (running, canceling) AND heartbeat_at < …`.
             models.Index(fields=["status", "heartbeat_at"], name="exec_status_heartbeat"),
         ]

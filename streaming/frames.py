@@ -1,0 +1,37 @@
+"""What streams send, independent of the transport (SSE, plain text, WebSocket)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+OUTPUT_EVENT = "execution.output__create"
+CREATE_EVENT = "execution__create"
+UPDATE_EVENT = "execution__update"
+LIFECYCLE_EVENTS = (CREATE_EVENT, UPDATE_EVENT)
+ALL_EVENTS = (*LIFECYCLE_EVENTS, OUTPUT_EVENT)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One event: its name, its cursor (`id`, when it moves one) and its JSON data."""
+
+    event: str
+    data: dict[str, Any]
+    id: int | None = None
+    execution: str | None = None
+
+
+def output_frame(chunk: dict[str, Any], *, with_id: bool = True) -> Frame:
+    """A chunk; its `id` is its seq on a per-execution stream (the global stream has none)."""
+    return Frame(
+        OUTPUT_EVENT, chunk, id=chunk["seq"] if with_id else None, execution=chunk["execution_id"]
+    )
+
+
+def gap_frame(execution_id: str, from_seq: int, to_seq: int, reason: str) -> Frame:
+    """Chunks `from_seq..to_seq` will not be sent: `reason` is `from`, `replay_limit` or `purged`."""
+    data = {"execution_id": execution_id, "from_seq": from_seq, "to_seq": to_seq, "reason": reason}
+    return Frame("gap", data, execution=execution_id)
+
+
+def done_frame(execution_id: str, data: dict[str, Any]) -> Frame:
+    return Frame("done", data, execution=execution_id)
