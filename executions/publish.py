@@ -17,6 +17,10 @@ RUNNER_GROUP = "actionrunner"
 # Above this many characters of output in one batch, the live message carries only the seq
 # range and consumers read the chunks from the database: keeps layer messages small.
 MAX_INLINE_BATCH_CHARS = 256 * 1024
+# Likewise above this many lines: a batch that big only forms when output floods in faster
+# than it is written, and then building and encoding thousands of chunk dicts per batch (per
+# group) would slow ingest down, while the streams catch up from the database just as well.
+MAX_INLINE_BATCH_LINES = 500
 
 
 def execution_group(execution_id: str) -> str:

@@ -162,7 +162,10 @@ class RunnerService:
 
         async def write(batch: Batch) -> None:
             await self.data_db(storage.store_batch, batch.execution_id, batch.rows)
-            inline = batch.chars() <= publish.MAX_INLINE_BATCH_CHARS
+            inline = (
+                len(batch.rows) <= publish.MAX_INLINE_BATCH_LINES
+                and batch.chars() <= publish.MAX_INLINE_BATCH_CHARS
+            )
             chunks = (
                 batch.as_messages(execution.action_ref, execution.runner_type) if inline else None
             )

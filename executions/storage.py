@@ -17,8 +17,12 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\
 
 def copy_payload(execution_id: str, rows: list[tuple[int, str, str, datetime]]) -> str:
     """The rows as PostgreSQL COPY text (used by the writer and by the benchmark's ceiling)."""
+    stamps: dict[datetime, str] = {}  # the lines of one read share one timestamp
+    for *_, ts in rows:
+        if ts not in stamps:
+            stamps[ts] = ts.isoformat()
     return "".join(
-        f"{execution_id}\t{seq}\t{kind}\t{data.translate(_COPY_ESCAPES)}\t{ts.isoformat()}\n"
+        f"{execution_id}\t{seq}\t{kind}\t{data.translate(_COPY_ESCAPES)}\t{stamps[ts]}\n"
         for seq, kind, data, ts in rows
     )
 
