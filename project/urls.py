@@ -5,9 +5,10 @@ from django.views.generic import RedirectView
 from executions.api import problems
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", RedirectView.as_view(url="/executions/", permanent=False)),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("", include("executions.web.urls")),
     path("api/v1/", include("executions.api.urls")),
     # Last under /api/: an unknown API path answers a problem, never an HTML page.
     re_path(r"^api/", problems.api_not_found, name=problems.CATCH_ALL_URL_NAME),

@@ -1,0 +1,408 @@
+"""The web pages in a real browser: Playwright drives Debian's chromium against a real
+`manage.py serve` on the test database, logged in through the login page.
+
+Screenshots of the list and the execution page land in test-artifacts/ (git-ignored).
+"""
+
+import json
+import re
+import time
+from datetime import UTC, datetime
+
+import pytest
+from django.db import transaction
+
+from executions import services, storage
+from executions.models import Execution, ExecutionStatus
+from tests.browser_helpers import (
+    CHROMIUM_ARGS,
+    PAGE_TIMEOUT_MS,
+    PROBE_JS,
+    RESULTS_JS,
+    ensure_chromium,
+    log_in,
+    off_the_loop,
+    running_server,
+    screenshot,
+    shown_lines,
+    stored_lines,
+    wait_settled,
+)
+from tests.runner_helpers import start_actionrunner, wait_until
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+SECRET = "hunter2-correct-horse"
+DOM_CAP = 10_000  # output.js
+# Streams in the server re-read the log this often when no doorbell reaches them (a runner in
+# another process, embedded mode): short, so tests do not wait on it.
+FAST = {"RUNNER_POLL_SECONDS": "0.2", "STREAM_ACCESS_RECHECK_SECONDS": "0.3"}
+FLOOD_LINES = 30_000
+FLOOD_CMD = f"""python3 -u -c '
+import sys, time
+start = time.monotonic()
+for i in range(1, {FLOOD_LINES + 1}):
+    sys.stdout.write("flood line %d %s\\n" % (i, "x" * 40))
+    if i % 100 == 0:
+        sys.stdout.flush()
+        ahead = start + i / 5000 - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+'"""
+ANSI_CMD = (
+    r"printf '\033[32mok\033[0m plain\n'; printf '\033[1;31mboom\033[0m on stderr\n' >&2; "
+    r"echo 'between'; printf 'build 10%%\r50%%\r100%%\n'"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _django_beside_playwright():
+    """Playwright's sync API keeps an event loop marked running in this thread for as long as
+    the browser lives, which Django reads as "called from async code" and refuses database
+    calls. These tests call the database synchronously, between browser steps, never from a
+    coroutine, so the check is switched off for this module only."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get on a machine that lacks it."""
+    return ensure_chromium()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker):
+    """One server for the module (runner in-process); its database is the test database."""
+    with django_db_blocker.unblock(), running_server(**FAST) as server:
+        yield server
+
+
+def _api_run(page, server, action: str, parameters: dict) -> dict:
+    """Run an action through the server's API with the page's session (and CSRF token)."""
+    csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    response = page.context.request.post(
+        f"{server.url}/api/v1/executions/",
+        data=json.dumps({"action": action, "parameters": parameters}),
+        headers={"Content-Type": "application/json", "X-CSRFToken": csrf, "Referer": server.url},
+    )
+    assert response.status == 201, response.text()
+    return response.json()
+
+
+def _finished(execution_id: str) -> bool:
+    return Execution.objects.get(pk=execution_id).is_finished
+
+
+def _last_seq(execution_id: str) -> int:
+    return Execution.objects.values_list("last_seq", flat=True).get(pk=execution_id)
+
+
+# --- the execution page -------------------------------------------------------------------
+
+
+def test_it_shows_the_first_line_before_the_execution_ends(server, page, actions, owner):
+    log_in(page, server, "owner")
+    created = _api_run(page, server, "examples.print_lines", {"count": 12, "delay": 0.4})
+    page.goto(f"{server.url}/executions/{created['id']}/")
+    first = page.locator("#main-pane .line[data-seq='1']")
+    first.wait_for()
+    assert not _finished(created["id"])  # seen while it still runs
+    assert first.text_content() == "stderr -> Line: 1"
+    assert "stderr" in first.get_attribute("class")
+    page.locator("#status", has_text="running").wait_for()
+    screenshot(page, "execution-page-running")
+    wait_settled(page)
+    page.locator("#status", has_text="succeeded").wait_for()
+    assert page.locator("[data-field='exit_code']").text_content() == "0"
+    # Exactly the stored output: every seq once, in order, with its text and its stream.
+    assert shown_lines(page) == stored_lines(created["id"])
+    assert len(shown_lines(page)) == 12
+    screenshot(page, "execution-page")
+
+
+def test_it_renders_ansi_colours_and_filters_stdout_and_stderr(server, page, actions, owner):
+    log_in(page, server, "owner")
+    created = _api_run(page, server, "core.local", {"cmd": ANSI_CMD})
+    page.goto(f"{server.url}/executions/{created['id']}/")
+    wait_settled(page)
+    assert page.locator("#main-pane .line .ansi-green-fg", has_text="ok").count() == 1
+    assert (
+        page.locator(
+            "#main-pane .line.stderr .ansi-bright-red-fg, #main-pane .line.stderr .ansi-red-fg"
+        ).count()
+        == 1
+    )
+    assert page.locator("#main-pane .line", has_text="100%").text_content() == "100%"  # a \r redraw
+    assert shown_lines(page) == stored_lines(created["id"])
+    stderr_row = page.locator("#main-pane .line.stderr")
+    assert stderr_row.is_visible()
+    page.get_by_label("stderr").uncheck()
+    assert not stderr_row.is_visible()
+    assert page.locator("#main-pane .line", has_text="between").is_visible()
+    page.get_by_label("stderr").check()
+    assert stderr_row.is_visible()
+    screenshot(page, "execution-page-ansi")
+
+
+def test_it_resumes_after_a_server_restart_without_a_missing_or_repeated_line(page, actions, owner):
+    """The web server dies mid-stream and comes back on the same port; a separate runner
+    keeps writing meanwhile. The page shows "reconnecting", then continues exactly."""
+    runner = start_actionrunner(RUNNER_POLL_SECONDS="0.2")
+    try:
+        with running_server("--no-runner", **FAST) as server:
+            log_in(page, server, "owner")
+            created = _api_run(page, server, "examples.print_lines", {"count": 150, "delay": 0.04})
+            page.goto(f"{server.url}/executions/{created['id']}/")
+            page.locator("#main-pane .line[data-seq='15']").wait_for()
+            server.kill()
+            page.locator(
+                "#main-pane .pane[data-conn='reconnecting'], #main-pane .pane[data-conn='retrying']"
+            ).wait_for()
+            assert page.locator("#main-pane .conn").text_content() == "reconnecting…"
+            shown_before = len(shown_lines(page))
+            wait_until(
+                lambda: _last_seq(created["id"]) >= shown_before + 30,
+                20,
+                "output during the outage",
+            )
+            server.start()
+            wait_settled(page)
+            assert shown_lines(page) == stored_lines(created["id"])
+            assert [row[0] for row in shown_lines(page)] == list(range(1, 151))
+    finally:
+        runner.terminate()
+        runner.wait(timeout=15)
+
+
+def test_it_gives_an_outsider_the_404_page(server, page, actions, tenant, outsider):
+    execution = off_the_loop(services.create_execution, actions["examples.fail"], {}, tenant=tenant)
+    log_in(page, server, "outsider")
+    response = page.goto(f"{server.url}/executions/{execution.id}/")
+    assert response.status == 404
+    assert page.get_by_role("heading", name="Not found").is_visible()
+    assert "examples.fail" not in page.content()
+    wait_until(lambda: _finished(execution.id), 20, "the execution to end")
+
+
+def test_it_validates_the_run_form_then_opens_the_live_page(server, page, actions, owner):
+    log_in(page, server, "owner")
+    page.goto(f"{server.url}/actions/examples.echo_secret/run")
+    page.get_by_role("button", name="Run").click()
+    field = page.locator(".field[data-parameter='password']")
+    assert field.locator(".error").text_content() == "Is required."
+    assert field.locator("input").get_attribute("aria-invalid") == "true"
+    assert field.locator("input").get_attribute("type") == "password"
+    screenshot(page, "run-form-error")
+    assert not Execution.objects.exists()
+    field.locator("input").fill(SECRET)
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_url(re.compile(r"/executions/[0-9A-Z]{26}/$"))
+    wait_settled(page)
+    execution = Execution.objects.get()
+    assert page.url.endswith(f"/executions/{execution.id}/")
+    assert "the password is ********" in [row[2] for row in shown_lines(page)]
+    assert SECRET not in page.content()
+
+
+def test_it_cancels_and_reruns_from_the_page(server, page, actions, owner):
+    log_in(page, server, "owner")
+    created = _api_run(page, server, "examples.print_lines", {"count": 300, "delay": 0.1})
+    page.goto(f"{server.url}/executions/{created['id']}/")
+    page.locator("#main-pane .line[data-seq='2']").wait_for()
+    page.get_by_role("button", name="Cancel").click()
+    page.locator("#status", has_text="canceled").wait_for()
+    assert page.get_by_role("button", name="Cancel").is_hidden()
+    wait_settled(page)
+    page.get_by_role("button", name="Re-run").click()
+    page.wait_for_url(lambda url: "/executions/" in url and created["id"] not in url)
+    rerun = Execution.objects.exclude(pk=created["id"]).get()
+    assert rerun.parameters == {"count": 300, "delay": 0.1}
+    page.get_by_role("button", name="Cancel").click()
+    page.locator("#status", has_text="canceled").wait_for()
+
+
+def test_it_shows_each_task_of_a_workflow_with_its_own_output(server, page, actions, owner):
+    log_in(page, server, "owner")
+    created = _api_run(page, server, "examples.deploy", {"steps": 2})
+    page.goto(f"{server.url}/executions/{created['id']}/")
+    page.locator("#status", has_text="succeeded").wait_for()
+    tasks = page.locator("details.child")
+    tasks.nth(2).wait_for()
+    assert [tasks.nth(i).locator("[data-task]").text_content() for i in range(3)] == [
+        "build",
+        "test",
+        "summary",
+    ]
+    for i in range(3):
+        task = tasks.nth(i)
+        if task.get_attribute("open") is None:
+            task.locator("summary").click()
+        selector = f"details.child[data-id='{task.get_attribute('data-id')}']"
+        wait_settled(page, selector)
+        assert task.locator("[data-badge]").text_content() == "succeeded"
+        assert shown_lines(page, selector) == stored_lines(task.get_attribute("data-id"))
+    assert "deployed after 2 build steps" in page.locator("details.child").nth(2).text_content()
+    screenshot(page, "execution-page-workflow")
+
+
+# --- big and fast logs --------------------------------------------------------------------
+
+
+def test_it_stays_responsive_while_an_execution_prints_5000_lines_a_second(
+    server, page, actions, owner
+):
+    log_in(page, server, "owner")
+    page.goto(f"{server.url}/executions/")
+    created = _api_run(page, server, "core.local", {"cmd": FLOOD_CMD})
+    page.goto(f"{server.url}/executions/{created['id']}/")
+    page.evaluate(PROBE_JS)
+    log = page.locator("#main-pane [data-log]")
+    page.locator("#main-pane .line[data-seq='2000']").wait_for()
+    # Scrolling up pauses following; the line being read stays put while lines pour in.
+    log.hover()
+    page.mouse.wheel(0, -600)
+    follow = page.locator("#main-pane [data-follow]")
+    page.wait_for_function(
+        "document.querySelector('#main-pane [data-follow]').getAttribute('aria-pressed') === 'false'"
+    )
+    anchor = page.evaluate(
+        """() => { const log = document.querySelector('#main-pane [data-log]');
+                   const box = log.getBoundingClientRect();
+                   const row = [...log.querySelectorAll('.line')].find((r) => r.getBoundingClientRect().top >= box.top);
+                   return [row.dataset.seq, row.getBoundingClientRect().top]; }"""
+    )
+    seen = int(page.locator("#main-pane .line").last.get_attribute("data-seq"))
+    wait_until(lambda: _last_seq(created["id"]) >= seen + 3000, 30, "more output")
+    for _ in range(4):  # input while output pours in: a click's handler runs promptly
+        page.get_by_label("stderr").click()
+    top_now = page.evaluate(
+        "(seq) => document.querySelector(`#main-pane .line[data-seq='${seq}']`).getBoundingClientRect().top",
+        anchor[0],
+    )
+    assert abs(top_now - anchor[1]) <= 1
+    # Back at the bottom, following resumes.
+    log.focus()
+    page.keyboard.press("End")
+    page.wait_for_function(
+        "document.querySelector('#main-pane [data-follow]').getAttribute('aria-pressed') === 'true'"
+    )
+    assert follow.get_attribute("aria-pressed") == "true"
+    wait_settled(page)
+    results = page.evaluate(RESULTS_JS)
+    print("5000 lines/s:", results)
+    shown = shown_lines(page)
+    assert shown[-1][0] == FLOOD_LINES  # following: the last line is on screen
+    assert page.locator("#main-pane .line").last.is_visible()
+    assert [row[0] for row in shown] == list(range(shown[0][0], FLOOD_LINES + 1))
+    assert shown == stored_lines(created["id"])[shown[0][0] - 1 :]
+    assert results["maxRows"] <= DOM_CAP
+    assert results["frames"] > 100
+    # Generous bounds: the machine has two cores shared with the server, the runner and the
+    # printing process (a frozen tab shows gaps of seconds).
+    assert results["p95Gap"] < 150, results
+    assert results["maxGap"] < 1000, results
+    assert results["maxLag"] < 500, results
+    assert results["maxInput"] < 250, results
+
+
+def _big_finished_log(action, tenant, count: int) -> Execution:
+    with transaction.atomic():  # claimed before the server's runner can see it
+        execution = services.create_execution(action, {"count": 1}, tenant=tenant)
+        services.claim(execution.id, "test-runner")
+    stamp = datetime.now(UTC)
+    for first in range(1, count + 1, 20_000):
+        rows = [
+            (seq, "stdout", f"big line {seq}\n", stamp)
+            for seq in range(first, min(first + 20_000, count + 1))
+        ]
+        storage.store_batch(execution.id, rows)
+    services.finish(execution.id, ExecutionStatus.SUCCEEDED, exit_code=0)
+    return execution
+
+
+def test_it_opens_a_200000_line_log_and_loads_earlier_lines(server, page, actions, tenant, owner):
+    execution = off_the_loop(_big_finished_log, actions["examples.print_lines"], tenant, 200_000)
+    log_in(page, server, "owner")
+    started = time.monotonic()
+    page.goto(f"{server.url}/executions/{execution.id}/")
+    wait_settled(page)
+    print(f"200,000-line log: first window on screen after {time.monotonic() - started:.2f} s")
+    assert time.monotonic() - started < 10
+    seqs = [row[0] for row in shown_lines(page)]
+    assert seqs == list(range(195_001, 200_001))  # the first window: the newest 5,000
+    assert page.locator("#main-pane .line").last.is_visible()  # following: at the bottom
+    earlier = page.get_by_role("button", name=re.compile("Load earlier lines"))
+    assert "195,000 before these" in earlier.text_content()
+    log = page.locator("#main-pane [data-log]")
+    log.evaluate("(log) => { log.scrollTop = 0; }")
+    row = page.locator("#main-pane .line[data-seq='195001']")
+    top = row.bounding_box()["y"]
+    earlier.click()
+    page.locator("#main-pane .line[data-seq='190001']").wait_for(state="attached")
+    assert abs(row.bounding_box()["y"] - top) <= 1  # the reader's lines did not move
+    assert page.locator("#main-pane .pane").get_attribute("data-rows") == "10000"
+    earlier.click()  # past the DOM cap: the newest rows go, a jump brings them back
+    jump = page.get_by_role("button", name=re.compile("newer lines"))
+    jump.wait_for()
+    seqs = [row[0] for row in shown_lines(page)]
+    assert seqs == list(range(185_001, 195_001))
+    assert "5,000 newer lines" in jump.text_content()
+    jump.click()
+    page.wait_for_function(
+        "document.querySelector('#main-pane .lines').lastElementChild?.lastElementChild?.dataset.seq === '200000'"
+    )
+    assert [row[0] for row in shown_lines(page)] == list(range(195_001, 200_001))
+    assert page.locator("#main-pane [data-follow]").get_attribute("aria-pressed") == "true"
+
+
+# --- the list -----------------------------------------------------------------------------
+
+
+def test_it_shows_new_executions_and_status_changes_live(server, page, actions, owner):
+    log_in(page, server, "owner")
+    failed = _api_run(page, server, "examples.fail", {})
+    wait_until(lambda: _finished(failed["id"]), 20, "the failing run")
+    page.goto(f"{server.url}/executions/")
+    page.locator("#live-state[data-state='live']").wait_for()
+    page.evaluate("() => { window.__sameDocument = true; }")
+    created = _api_run(page, server, "examples.print_lines", {"count": 6, "delay": 0.2})
+    row = page.locator(f"tr[data-id='{created['id']}']")
+    row.wait_for()
+    row.locator(".badge", has_text="succeeded").wait_for()
+    assert row.locator(".exit").text_content() == "0"
+    assert page.evaluate("() => window.__sameDocument") is True  # no reload happened
+    assert page.locator("tbody tr").first.get_attribute("data-id") == created["id"]
+    assert page.locator(f"tr[data-id='{failed['id']}'] .badge").text_content() == "failed"
+    screenshot(page, "execution-list")
+
+
+def test_it_filters_the_list_live_by_status(server, page, actions, owner):
+    log_in(page, server, "owner")
+    page.goto(f"{server.url}/executions/?status=failed")
+    page.locator("#live-state[data-state='live']").wait_for()
+    ok = _api_run(page, server, "examples.print_lines", {"count": 1, "delay": 0})
+    failing = _api_run(page, server, "examples.fail", {})
+    page.locator(f"tr[data-id='{failing['id']}'] .badge", has_text="failed").wait_for()
+    wait_until(lambda: _finished(ok["id"]), 20, "the other run")
+    assert page.locator(f"tr[data-id='{ok['id']}']").count() == 0
