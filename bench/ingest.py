@@ -23,18 +23,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+sys.path.insert(0, str(ROOT))
+
+from bench.common import database_url, ensure_database  # noqa: E402
+
 BENCH_DB = "tailgate_bench_ingest"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _ensure_pg_database() -> str:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone():
-            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + BENCH_DB
 
 
 def measure(mode: str, lines: int, naive_lines: int) -> dict:
@@ -42,7 +36,6 @@ def measure(mode: str, lines: int, naive_lines: int) -> dict:
     import asyncio
     import resource
 
-    sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     import django
 
@@ -151,7 +144,8 @@ def run_mode(mode: str, lines: int, naive_lines: int) -> dict:
     scratch = tempfile.mkdtemp(prefix="tailgate-bench-")
     env["TAILGATE_DATA_DIR"] = scratch
     if mode == "cluster":
-        env["DATABASE_URL"] = _ensure_pg_database()
+        env["DATABASE_URL"] = database_url(BENCH_DB)
+        ensure_database(env["DATABASE_URL"])
         env["REDIS_URL"] = REDIS_URL
     out = subprocess.run(
         [

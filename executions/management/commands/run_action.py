@@ -1,24 +1,9 @@
-import json
-
 from django.core.management.base import BaseCommand, CommandError
 
 from executions import services
 from executions.models import Tenant
 from executions.parameters import ParameterError
-
-
-def parse_assignments(pairs: list[str]) -> dict:
-    """`key=value` pairs; a value that parses as JSON (numbers, lists, true) is taken as such."""
-    parameters = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise CommandError(f"parameter {pair!r} must look like name=value")
-        try:
-            parameters[name] = json.loads(value)
-        except json.JSONDecodeError:
-            parameters[name] = value
-    return parameters
+from tailgate_client.cli import parse_parameters
 
 
 class Command(BaseCommand):
@@ -43,7 +28,7 @@ class Command(BaseCommand):
             raise CommandError(f"tenant {tenant!r} does not exist") from None
         try:
             execution = services.create_execution(
-                found, parse_assignments(parameters), tenant=chosen
+                found, parse_parameters(parameters), tenant=chosen
             )
         except ParameterError as exc:
             raise CommandError(f"bad parameters: {exc}") from None
