@@ -49,7 +49,9 @@ if DB_IS_SQLITE:
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    # 0 under ASGI, as Django advises: request threads come and go, and a kept connection
+    # would outlive them. The streams' own pool (streaming/db.py) keeps its few connections.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 # --- Channel layer ------------------------------------------------------------------------

@@ -236,6 +236,10 @@ class EventFeed:
     # --- output ---------------------------------------------------------------------------
     async def _accept(self, message: Message) -> bool:
         """Filter output in the pump, so `lagged` counts only what this subscriber wants."""
+        if message.get("type") == "execution.event":
+            # Learn a new workflow child here, before its first output reaches this filter.
+            payload = message.get("payload") or {}
+            self.scope.allows(message.get("tenant_id"), payload.get("id"), payload.get("parent"))
         if message.get("type") != "output.batch":
             return True  # lifecycle: the cursor and filters decide, in order
         try:

@@ -12,9 +12,10 @@ from channels.generic.http import AsyncHttpConsumer
 from channels.routing import URLRouter
 from channels.testing import HttpCommunicator
 from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
 from django.core.management import CommandError, call_command
 from django.test import Client
-from django.urls import path
+from django.urls import path, re_path
 from django.utils import timezone
 
 from rbac.middleware import TailgateAuthMiddleware
@@ -113,9 +114,7 @@ def test_it_answers_401_to_a_revoked_key_and_never_echoes_it(member_key):
 def test_it_refuses_two_different_keys(member_key, owner):
     _, raw_key = member_key
     _, other_key = ApiKey.issue(owner)
-    response = Client().get(
-        LIST, HTTP_AUTHORIZATION=f"Bearer {raw_key}", HTTP_X_API_KEY=other_key
-    )
+    response = Client().get(LIST, HTTP_AUTHORIZATION=f"Bearer {raw_key}", HTTP_X_API_KEY=other_key)
     assert response.status_code == 401
 
 
@@ -301,3 +300,29 @@ def test_it_revokes_keys_from_the_admin(superuser, member_key):
     )
     assert "Revoked 1 API key(s)." in response.content.decode()
     assert ApiKey.authenticate(raw_key) is None
+
+
+class RecordingDjango(ASGIHandler):
+    """Stands in for Django behind the router: records the scope it was given."""
+
+    scopes: list = []
+
+    async def __call__(self, scope, receive, send):
+        self.scopes.append(scope)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@in_threads
+async def test_it_leaves_the_paths_django_serves_to_django(member):
+    django = RecordingDjango()
+    routed = TailgateAuthMiddleware(
+        URLRouter([path("api/v1/stream", WhoAmI.as_asgi()), re_path(r"", django)])
+    )
+    _, raw_key = await database_sync_to_async(ApiKey.issue)(member)
+    headers = [(b"host", b"127.0.0.1"), (b"x-api-key", raw_key.encode())]
+    page = await HttpCommunicator(routed, "GET", "/admin/", headers=headers).get_response()
+    assert page["status"] == 204
+    assert "user" not in django.scopes[-1]  # Django and DRF authenticate it themselves
+    stream = await HttpCommunicator(routed, "GET", "/api/v1/stream", headers=headers).get_response()
+    assert stream["body"].decode().startswith("member ")

@@ -21,7 +21,7 @@ from executions.api.serializers import (
     ExecutionSerializer,
 )
 from executions.models import Action, Execution, Tenant
-from rbac.access import NotVisible, access_execution, can_run, visible_executions
+from rbac.access import NotVisible, access_execution, can_run, visible_executions, visible_tenants
 
 # A ULID is 26 Crockford base32 characters; anything else cannot name an execution, so it is
 # answered 404 without a query.
@@ -171,8 +171,9 @@ class ExecutionViewSet(
     def _tenant(self, slug: str | None) -> Tenant:
         if slug is None:
             return Tenant.default()
+        # A tenant the caller sees nothing in answers like a missing one: names never leak.
         try:
-            return Tenant.objects.get(slug=slug)
+            return visible_tenants(self.request.user).get(slug=slug)
         except Tenant.DoesNotExist:
             raise exceptions.NotFound(f"There is no tenant {slug}.") from None
 
