@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,8 +18,15 @@ from django.views.decorators.http import require_GET, require_http_methods
 from executions import services
 from executions.models import Action, Execution, RunnerType, Tenant
 from executions.web.forms import ListFilterForm, RunForm
-from rbac.access import NotVisible, access_execution, can_operate, can_run, visible_executions
-from rbac.models import TenantGrant
+from rbac.access import (
+    NotVisible,
+    access_execution,
+    can_operate,
+    can_run,
+    tenant_scope,
+    visible_executions,
+    visible_tenants,
+)
 
 # Rows the list page renders (and keeps while new ones arrive live); narrow with the filters.
 LIST_LIMIT = 100
@@ -34,13 +41,10 @@ ULID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}", re.IGNORECASE)
 
 
 def granted_tenants(user) -> QuerySet[Tenant] | None:
-    """The tenants granted to `user` or their groups; None means every tenant."""
-    if user.is_superuser:
+    """The tenants `user` sees anything in; None means every tenant."""
+    if user.is_superuser or tenant_scope(user) is None:
         return None
-    grants = TenantGrant.objects.filter(Q(user=user) | Q(group__in=user.groups.all()))
-    if grants.filter(tenant__isnull=True).exists():
-        return None
-    return Tenant.objects.filter(pk__in=grants.values("tenant_id"))
+    return visible_tenants(user)
 
 
 def page_context(request: HttpRequest, **context: Any) -> dict[str, Any]:
