@@ -49,9 +49,10 @@ if DB_IS_SQLITE:
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
-    # 0 under ASGI, as Django advises: request threads come and go, and a kept connection
-    # would outlive them. The streams' own pool (streaming/db.py) keeps its few connections.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    # Kept connections: the runner's and the streams' thread pools (a few threads each) reuse
+    # theirs instead of connecting for every batch or replay page (a connect costs more than
+    # the query). The number of connections stays bounded by those pools' sizes.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 # --- Channel layer ------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_it_runs_clustered_with_postgres_and_redis(tmp_path):
 
     assert resolved["db_engine"] == "django.db.backends.postgresql"
     assert resolved["db_name"] == "tailgate"
-    assert resolved["conn_max_age"] == 0
+    assert resolved["conn_max_age"] == 60
     layer = resolved["layer"]
     assert layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
     assert layer["CONFIG"]["hosts"] == ["redis://redis.example:6379/2"]
