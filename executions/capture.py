@@ -327,13 +327,13 @@ class OutputSink:
 
     def _next_deadline(self) -> float | None:
         paused = not self._room.is_set()
-        deadlines = [] if paused else [s.partial_deadline() for s in self._streams.values()]
+        partials = [] if paused else [s.partial_deadline() for s in self._streams.values()]
+        deadlines = [d for d in partials if d is not None]
         if self._pending_since is not None:
             full = len(self._pending) >= BATCH_MAX_LINES or self._pending_chars >= BATCH_MAX_CHARS
             deadlines.append(
                 self._pending_since if full else self._pending_since + BATCH_WINDOW_SECONDS
             )
-        deadlines = [d for d in deadlines if d is not None]
         return min(deadlines) if deadlines else None
 
     async def run(self) -> None:

@@ -221,11 +221,11 @@ async def run_process(
         attrs = termios.tcgetattr(slave)
         attrs[1] &= ~termios.ONLCR  # keep "\n" as is rather than "\r\n"
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    stdin_file = open(stdin_path, "rb") if stdin_path else None  # noqa: SIM115
     try:
         popen = subprocess.Popen(
             argv,
-            stdin=stdin,
+            stdin=stdin_file or subprocess.DEVNULL,
             stdout=slave if use_pty else subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
@@ -233,8 +233,8 @@ async def run_process(
             start_new_session=True,
         )
     finally:
-        if stdin_path:
-            stdin.close()
+        if stdin_file is not None:
+            stdin_file.close()
         if slave is not None:
             os.close(slave)
     child = _Child(popen)

@@ -35,6 +35,8 @@ def main() -> int:
     )
     try:
         spec = importlib.util.spec_from_file_location("tailgate_action", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path} as Python")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         result = _find_run(module)(**parameters)
