@@ -1,26 +1,21 @@
-"""Helpers for the browser tests: Debian's chromium, a real `manage.py serve`, and the page.
+"""Helpers for the browser tests: Debian's chromium and the page (the real `manage.py serve`
+is `tests.server_helpers.Server`).
 
 Never downloads a browser: Playwright drives /usr/bin/chromium, installed with apt-get when
 it is missing (the machines run as root).
 """
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 from django.db import connections
 
 from executions.models import OutputChunk
-from tests.runner_helpers import BASE_DIR, subprocess_env, wait_until
+from tests.server_helpers import ARTIFACTS, Server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -31,10 +26,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-ARTIFACTS = BASE_DIR / "test-artifacts"
 # Every wait in a page gives up after this long (ms): a stuck stream fails, never hangs.
 PAGE_TIMEOUT_MS = 30_000
-SERVER_START_SECONDS = 30
 
 
 def ensure_chromium() -> str:
@@ -51,73 +44,6 @@ def ensure_chromium() -> str:
             stdout=subprocess.DEVNULL,
         )
     return CHROMIUM
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """`manage.py serve` on a fixed port: can be killed and started again at the same address."""
-
-    def __init__(self, *args: str, **env: str):
-        self.args = args
-        self.env = env
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-        self.log_path = ARTIFACTS / f"serve-{self.port}.log"
-
-    def start(self) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        log = self.log_path.open("a")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(self.port), *self.args],
-            cwd=BASE_DIR,
-            env=subprocess_env(**self.env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_until(
-            lambda: self._answers() or self.process.poll() is not None,
-            SERVER_START_SECONDS,
-            "the server",
-        )
-        assert self.process.poll() is None, self.log_path.read_text()[-3000:]
-
-    def kill(self) -> None:
-        """Gone at once, mid-stream: what a crash or a restart looks like to the browser."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def _answers(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/accounts/login/", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-
-@contextlib.contextmanager
-def running_server(*args: str, **env: str) -> Iterator[Server]:
-    server = Server(*args, **env)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def off_the_loop(function, *args, **kwargs):

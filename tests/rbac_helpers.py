@@ -12,17 +12,11 @@ Personas and how they authenticate to the API and streams (pages always use the 
     anonymous     nothing            expired_key   an expired X-API-Key (a viewer's)
 """
 
-import contextlib
 import json
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
-import httpx
 import pytest
 from channels.testing import ApplicationCommunicator
 from django.conf import settings
@@ -36,7 +30,6 @@ from executions import services
 from executions.models import Execution, ExecutionEvent
 from project.asgi import application as asgi
 from rbac.models import ApiKey, Role, TenantGrant
-from tests.runner_helpers import BASE_DIR, subprocess_env, wait_until
 from tests.streaming_helpers import home_loop, parse_sse, store  # noqa: F401 (a fixture)
 
 PERSONAS = (
@@ -314,46 +307,3 @@ def created_event_of(execution_id: str):
         return frame.get("event") == "execution__create" and frame["data"]["id"] == execution_id
 
     return matches
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(log_path: Path, *args: str, **env: str):
-    """`manage.py serve --no-runner` on a free port; yields (process, base URL) once it answers.
-
-    Everything it prints (its log) goes to `log_path`, complete once the block ends.
-    """
-    port = free_port()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--no-runner", "--port", str(port), *args],
-            cwd=BASE_DIR,
-            env=subprocess_env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: _answers(url) or process.poll() is not None, 60, "the server")
-            assert process.poll() is None, log_path.read_text()
-            yield process, url
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/api/v1/stream", timeout=1).status_code == 401
-    except httpx.TransportError:
-        return False

@@ -22,13 +22,13 @@ from tests.browser_helpers import (
     ensure_chromium,
     log_in,
     off_the_loop,
-    running_server,
     screenshot,
     shown_lines,
     stored_lines,
     wait_settled,
 )
 from tests.runner_helpers import start_actionrunner, wait_until
+from tests.server_helpers import running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

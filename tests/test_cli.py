@@ -11,7 +11,7 @@ import pytest
 from executions import services
 from rbac.models import ApiKey
 from tests.runner_helpers import BASE_DIR, output_of
-from tests.test_stream_server import serve
+from tests.server_helpers import serve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -66,7 +66,7 @@ class CuttableProxy:
 def server(cluster_mode):
     if cluster_mode:
         pytest.skip("embedded mode: the server runs the runner in-process on the SQLite test db")
-    with serve() as (_process, url):
+    with serve(RUNNER_POLL_SECONDS="0.2") as (_process, url):
         yield url
 
 

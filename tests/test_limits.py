@@ -10,8 +10,6 @@ from collections import Counter
 import httpx
 import pytest
 from channels.db import database_sync_to_async
-from django.conf import settings as django_settings
-from django.test import Client
 
 from rbac import limits
 from rbac.limits import TooManyStreams, acquire_stream_slot, slot_store
@@ -19,9 +17,9 @@ from rbac.models import Role, TenantGrant
 from tests.rbac_helpers import (
     home_loop,  # noqa: F401 (fixture)
     open_stream,
-    serve,
     session_headers,
 )
+from tests.server_helpers import serve, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,12 +31,6 @@ def _own_limits(settings):
     """A limit of 10 and, in cluster mode, Redis keys no other test run shares."""
     settings.SSE_MAX_CONNECTIONS_PER_TENANT = 10
     settings.SSE_LIMIT_KEY_PREFIX = f"test:{uuid.uuid4().hex}"
-
-
-def session_cookie(user) -> str:
-    client = Client()
-    client.force_login(user)
-    return client.cookies[django_settings.SESSION_COOKIE_NAME].value
 
 
 async def _held(bucket: str) -> int:
@@ -279,11 +271,12 @@ async def _open_real(client: httpx.AsyncClient, url: str):
 async def test_it_holds_the_limit_across_real_servers(member, tmp_path, cluster_mode):
     """50 concurrent connects, spread over two servers in cluster mode (one when embedded)."""
     env = {"SSE_MAX_CONNECTIONS_PER_TENANT": "10", "SSE_LIMIT_KEY_PREFIX": f"test:{uuid.uuid4()}"}
-    cookies = {"sessionid": (await database_sync_to_async(session_cookie)(member))}
+    cookies = await database_sync_to_async(session_cookie)(member)
     with contextlib.ExitStack() as servers:
+        logs = [tmp_path / f"server{i}.log" for i in range(2 if cluster_mode else 1)]
         urls = [
-            servers.enter_context(serve(tmp_path / f"server{i}.log", **env))[1] + "/api/v1/stream"
-            for i in range(2 if cluster_mode else 1)
+            servers.enter_context(serve("--no-runner", log_path=log, **env))[1] + "/api/v1/stream"
+            for log in logs
         ]
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
         async with httpx.AsyncClient(cookies=cookies, timeout=20, limits=limits) as client:

@@ -28,8 +28,8 @@ from tests.rbac_helpers import (
     marker_child,
     open_stream,
     quick_passwords,  # noqa: F401 (fixture)
-    serve,
 )
+from tests.server_helpers import serve
 from tests.streaming_helpers import write
 
 pytestmark = [
@@ -291,7 +291,7 @@ async def test_it_never_logs_an_api_key(world, tmp_path):
             )
         return statuses
 
-    with serve(log_path, LOG_LEVEL="DEBUG") as (_, url):
+    with serve("--no-runner", log_path=log_path, LOG_LEVEL="DEBUG") as (_, url):
         statuses = await asyncio.to_thread(traffic, url)
     assert {200, 401, 404} <= set(statuses)
     logged = log_path.read_text()

@@ -197,7 +197,9 @@ async def test_it_recovers_lifecycle_events_from_the_log_when_it_falls_behind(
     (channel,) = layer.groups[publish.tenant_events_group(tenant.id)]
     rows = await db(_silent_events)(execution, LIVE_BUFFER_MESSAGES + 30)
     for row in rows:
-        await layer.send(channel, publish.event_message(row.id, row.event, row.payload, row.tenant_id))
+        await layer.send(
+            channel, publish.event_message(row.id, row.event, row.payload, row.tenant_id)
+        )
     frames = [await response.next_sse() for _ in range(len(rows) + 1)]
     lagged = frames[LIVE_BUFFER_MESSAGES]
     assert lagged["event"] == "lagged"
@@ -229,7 +231,9 @@ async def test_it_delivers_an_event_whose_transaction_committed_late(actions, te
     group = publish.tenant_events_group(tenant.id)
     # The later id's transaction committed first; and the layer delivers each doorbell twice.
     for row in (later, later, earlier, earlier):
-        await publish.agroup_send(group, publish.event_message(row.id, row.event, row.payload, row.tenant_id))
+        await publish.agroup_send(
+            group, publish.event_message(row.id, row.event, row.payload, row.tenant_id)
+        )
     frames = [await response.next_sse(), await response.next_sse()]
     assert [f["data"]["id"] for f in frames] == [execution.id, execution.id]
     # Each once; the cursor (`id:`) never goes back, so a reconnect repeats nothing.

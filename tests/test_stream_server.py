@@ -3,78 +3,28 @@ clients: embedded mode (one process, runner inside), and cluster mode (two web p
 a separate `actionrunner` on PostgreSQL and Redis).
 """
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import httpx
 import pytest
-from django.test import Client
+from django.conf import settings
 from httpx_sse import connect_sse
 
 from executions import services
 from executions.models import Execution
-from tests.runner_helpers import BASE_DIR, start_actionrunner, subprocess_env, wait_until
+from tests.runner_helpers import start_actionrunner, wait_until
+from tests.server_helpers import serve, session_cookie, stop
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 # Reads block at most this long: a stream that stalls fails the test instead of hanging it.
 READ_TIMEOUT = 20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(*args: str, **env: str):
-    """`manage.py serve` on a free port; yields its base URL once it answers."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), *args],
-        cwd=BASE_DIR,
-        env=subprocess_env(RUNNER_POLL_SECONDS="0.2", **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(url) or process.poll() is not None, 30, "the server")
-        assert process.poll() is None, process.stdout.read()
-        yield process, url
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGCONT)
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/api/v1/stream", timeout=1).status_code == 401
-    except httpx.TransportError:
-        return False
-
-
-def session_cookie(user) -> dict[str, str]:
-    client = Client()
-    client.force_login(user)
-    return {"sessionid": client.cookies["sessionid"].value}
+# How often the runner inside a server looks for work: short, so tests do not wait on it.
+FAST = {"RUNNER_POLL_SECONDS": "0.2"}
 
 
 def read_sse(url: str, cookies, *, until=lambda event: event.event == "done", headers=None):
@@ -172,7 +122,7 @@ def embedded(cluster_mode):
 
 def test_it_streams_sse_and_plain_text_from_an_embedded_server(embedded, actions, tenant, member):
     cookies = session_cookie(member)
-    with serve() as (_, url):
+    with serve(**FAST) as (_, url):
         execution = created(actions, tenant, count=30, delay=0.02)
         base = f"{url}/api/v1/executions/{execution.id}/output"
         with (
@@ -194,7 +144,7 @@ def test_it_streams_sse_and_plain_text_from_an_embedded_server(embedded, actions
 def test_it_answers_problems_before_streaming_on_a_real_server(embedded, actions, tenant, member):
     cookies = session_cookie(member)
     execution = created(actions, tenant, count=1, delay=0)
-    with serve() as (_, url), httpx.Client(cookies=cookies, timeout=READ_TIMEOUT) as client:
+    with serve(**FAST) as (_, url), httpx.Client(cookies=cookies, timeout=READ_TIMEOUT) as client:
         bad = client.get(f"{url}/api/v1/executions/{execution.id}/output/stream?replay_limit=0")
         missing = client.get(f"{url}/api/v1/executions/01J0000000000000000000000Z/output")
         anonymous = httpx.get(f"{url}/api/v1/stream", timeout=READ_TIMEOUT)
@@ -208,7 +158,7 @@ def test_it_streams_two_executions_over_a_real_websocket(embedded, actions, tena
     cookies = session_cookie(member)
     first, second = created(actions, tenant, 5, 0.02), created(actions, tenant, 7, 0.02)
     requests = [{"action": "subscribe", "execution": e.id, "from": 0} for e in (first, second)]
-    with serve() as (_, url):
+    with serve(**FAST) as (_, url):
         received = websocket_session(url, cookies, requests, dones=2)
     for execution, count in ((first, 5), (second, 7)):
         ids = [
@@ -233,7 +183,10 @@ def test_it_resumes_on_another_web_process_without_gap_or_duplicate(actions, ten
     cookies = session_cookie(member)
     runner = start_actionrunner(RUNNER_POLL_SECONDS="0.2", CHANNEL_LAYER_CAPACITY="1")
     try:
-        with serve("--no-runner") as (web_a, url_a), serve("--no-runner") as (_, url_b):
+        with (
+            serve("--no-runner", **FAST) as (web_a, url_a),
+            serve("--no-runner", **FAST) as (_, url_b),
+        ):
             execution = created(actions, tenant, count=400, delay=0.005)
             path = f"/api/v1/executions/{execution.id}/output/stream"
 
@@ -262,7 +215,8 @@ def test_it_leaves_the_layer_within_two_seconds_of_the_client_going(actions, ten
 
     cookies = session_cookie(member)
     execution = created(actions, tenant, count=1, delay=0)  # no runner: it stays scheduled
-    group_key = f"asgi:group:execution.{execution.id}"
+    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+    group_key = f"{prefix}:group:execution.{execution.id}"
     layer = redis.Redis.from_url(os.environ["REDIS_URL"])
     members_while_open = []
 
@@ -270,7 +224,7 @@ def test_it_leaves_the_layer_within_two_seconds_of_the_client_going(actions, ten
         members_while_open.append(layer.zcard(group_key))
         return event.retry is not None
 
-    with serve("--no-runner") as (_, url):
+    with serve("--no-runner", **FAST) as (_, url):
         read_sse(f"{url}/api/v1/executions/{execution.id}/output/stream", cookies, until=opened)
         # read_sse has closed the connection
         wait_until(lambda: layer.zcard(group_key) == 0, 2, "the stream to leave its group")
@@ -287,7 +241,7 @@ def test_it_streams_the_runner_processes_output_to_both_web_processes(actions, t
     cookies = session_cookie(member)
     runner = start_actionrunner(RUNNER_POLL_SECONDS="0.2")
     try:
-        with serve("--no-runner") as (_, url_a), serve("--no-runner") as (_, url_b):
+        with serve("--no-runner", **FAST) as (_, url_a), serve("--no-runner", **FAST) as (_, url_b):
             execution = created(actions, tenant, count=50, delay=0.01)
             path = f"/api/v1/executions/{execution.id}/output"
             with httpx.Client(cookies=cookies, timeout=READ_TIMEOUT) as client:

@@ -106,6 +106,14 @@ export class OutputPane {
 
   bind() {
     this.log.addEventListener("scroll", () => this.onScroll(), { passive: true });
+    // End resumes following outright: a native scroll to the bottom can land short of it
+    // while lines keep arriving, and then following would not resume.
+    this.log.addEventListener("keydown", (event) => {
+      if (event.key === "End") {
+        event.preventDefault();
+        this.jumpToLatest();
+      }
+    });
     this.earlierButton.addEventListener("click", () => this.loadEarlier());
     this.jumpButton.addEventListener("click", () => this.jumpToLatest());
     this.followButton.addEventListener("click", () => {

@@ -1,0 +1,128 @@
+"""A real `manage.py serve` for tests: on a free port, on the test database, its log in a file.
+
+`serve` yields the process and its base URL; `running_server` yields the `Server` itself, which
+can be killed and started again at the same address.
+"""
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from django.conf import settings
+from django.test import Client
+
+from tests.runner_helpers import BASE_DIR, subprocess_env, wait_until
+
+ARTIFACTS = BASE_DIR / "test-artifacts"
+START_SECONDS = 60
+STOP_SECONDS = 15
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (after a SIGCONT, should the test have paused it); SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Server:
+    """`manage.py serve --port N *args` with `env` over `subprocess_env`.
+
+    Keeps its port: `kill` it and `start` it again at the same address. Everything it prints
+    goes to `log_path` (by default test-artifacts/serve-N.log): written afresh by the first
+    start, appended to by the next, complete once it has stopped.
+    """
+
+    def __init__(self, *args: str, port: int | None = None, log_path: Path | None = None, **env):
+        self.args = args
+        self.env = env
+        self.port = port or free_port()
+        self.log_path = log_path or ARTIFACTS / f"serve-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+        self._log_mode = "w"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start it and wait until it answers; a server that does not is stopped."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open(self._log_mode) as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "serve", "--port", str(self.port), *self.args],
+                cwd=BASE_DIR,
+                env=subprocess_env(**self.env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._log_mode = "a"
+        try:
+            wait_until(
+                lambda: self.answers() or self.process.poll() is not None,
+                START_SECONDS,
+                "the server",
+            )
+            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+        except BaseException:
+            self.stop()
+            raise
+
+    def answers(self) -> bool:
+        """Whether it answers HTTP: an anonymous stream request is refused with 401."""
+        try:
+            return httpx.get(f"{self.url}/api/v1/stream", timeout=1).status_code == 401
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        """Gone at once, mid-stream: what a crash or a restart looks like to a client."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process:
+            stop(self.process)
+
+
+@contextlib.contextmanager
+def running_server(*args: str, log_path: Path | None = None, **env: str) -> Iterator[Server]:
+    """A started `Server`, stopped when the block ends."""
+    server = Server(*args, log_path=log_path, **env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def serve(*args: str, log_path: Path | None = None, **env: str):
+    """`manage.py serve` on a free port; yields (process, base URL) once it answers."""
+    with running_server(*args, log_path=log_path, **env) as server:
+        yield server.process, server.url
+
+
+def session_cookie(user) -> dict[str, str]:
+    """The cookies of a session in which `user` is logged in."""
+    client = Client()
+    client.force_login(user)
+    name = settings.SESSION_COOKIE_NAME
+    return {name: client.cookies[name].value}
