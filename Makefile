@@ -29,6 +29,7 @@ run: $(STAMP)
 test: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	@echo "== embedded mode: SQLite + in-memory channel layer"
 	env -u DATABASE_URL -u REDIS_URL -u REQUIRE_SERVICES $(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then \
@@ -47,6 +48,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
