@@ -57,3 +57,36 @@ def median(values: list[float]) -> float:
 def figure(label: str, value: float, unit: str = "", width: int = 44) -> None:
     """One aligned result line, flushed (the benchmark's output is read as it runs)."""
     print(f"  {label:<{width}} {value:>14,.2f} {unit}".rstrip(), flush=True)
+
+
+def run_seq(lines: int):
+    """Run `seq 1 lines` through the real runner in a fresh event loop: (seconds, execution).
+
+    A line the process was slow to finish may be stored as two chunks (a partial flush), so
+    the execution can have more chunks than lines, never fewer.
+    """
+    import asyncio
+    import time
+
+    from executions import services
+    from executions.models import Action
+    from executions.runner_service import RunnerService
+
+    action = Action.objects.get(ref="core.local")
+
+    async def run():
+        service = RunnerService(concurrency=1)
+        execution = await service.control_db(
+            services.create_execution, action, {"cmd": f"seq 1 {lines}"}
+        )
+        claimed = await service.control_db(services.claim, execution.id, service.runner_id)
+        await service.control_db(lambda: claimed.action)
+        started = time.perf_counter()
+        done = await service.execute(claimed, asyncio.Event())
+        elapsed = time.perf_counter() - started
+        await asyncio.get_running_loop().run_in_executor(None, service.close)
+        if done is None or done.status != "succeeded" or done.last_seq < lines:
+            raise SystemExit(f"seq run failed: {done and done.status}, {done and done.last_seq}")
+        return elapsed, done
+
+    return asyncio.run(run())

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import database_url, ensure_database  # noqa: E402
+from bench.common import database_url, ensure_database, run_seq  # noqa: E402
 
 BENCH_DB = "tailgate_bench_ingest"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -51,28 +51,12 @@ def measure(mode: str, lines: int, naive_lines: int) -> dict:
 
     from executions import publish, services, storage
     from executions.models import Action, Execution, OutputChunk
-    from executions.runner_service import RunnerService
 
     action = Action.objects.get(ref="core.local")
     # The bench database is ours alone: start each run from empty tables.
     Execution.objects.all().delete()
 
-    async def run_pipeline() -> tuple[float, int]:
-        service = RunnerService(concurrency=1)
-        execution = await service.control_db(
-            services.create_execution, action, {"cmd": f"seq 1 {lines}"}
-        )
-        claimed = await service.control_db(services.claim, execution.id, service.runner_id)
-        await service.control_db(lambda: claimed.action)
-        started = time.perf_counter()
-        done = await service.execute(claimed, asyncio.Event())
-        elapsed = time.perf_counter() - started
-        await asyncio.get_running_loop().run_in_executor(None, service.close)
-        return elapsed, done.last_seq
-
-    # Run the pipeline in a thread-free event loop of its own (the runner's normal habitat).
-    elapsed, stored = asyncio.run(_in_loop(run_pipeline))
-    assert stored == lines, f"stored {stored} of {lines} lines"
+    elapsed, _done = run_seq(lines)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     # Ceiling: the same rows, written raw in one statement.

@@ -21,7 +21,6 @@ the ratio of the medians (target ≥ 0.80), with the median of the per-pair rati
 """
 
 import argparse
-import asyncio
 import os
 import pty
 import re
@@ -34,7 +33,15 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, database_url, ensure_database, figure, median, setup_django
+from bench.common import (
+    ROOT,
+    database_url,
+    ensure_database,
+    figure,
+    median,
+    run_seq,
+    setup_django,
+)
 
 BENCH_DATABASE = "tailgate_bench"
 SEEDED_AGE = timedelta(days=30)
@@ -80,30 +87,8 @@ def seed(chunks: int) -> None:
 
 def ingest(lines: int) -> float:
     """Run `seq 1 lines` through the runner; lines stored per second."""
-    from executions import services
-    from executions.models import Action
-    from executions.runner_service import RunnerService
-
-    action = Action.objects.get(ref="core.local")
-
-    async def run() -> float:
-        service = RunnerService(concurrency=1)
-        execution = await service.control_db(
-            services.create_execution, action, {"cmd": f"seq 1 {lines}"}
-        )
-        claimed = await service.control_db(services.claim, execution.id, service.runner_id)
-        await service.control_db(lambda: claimed.action)
-        started = time.perf_counter()
-        done = await service.execute(claimed, asyncio.Event())
-        elapsed = time.perf_counter() - started
-        await asyncio.get_running_loop().run_in_executor(None, service.close)
-        # A line the process was slow to finish is stored as two chunks (a partial flush),
-        # so there may be more chunks than lines, never fewer.
-        if done.status != "succeeded" or done.last_seq < lines:
-            raise SystemExit(f"ingest {done.status}: {done.last_seq} chunks for {lines} lines")
-        return lines / elapsed
-
-    return asyncio.run(run())
+    elapsed, _done = run_seq(lines)
+    return lines / elapsed
 
 
 class Purge:
