@@ -1,6 +1,6 @@
 # Two commands do all the set-up: `make run` and `make test`. Both build .venv themselves.
 SHELL := /bin/bash
-PYTHON ?= python3
+PYTHON ?= $(shell command -v python3.12 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
