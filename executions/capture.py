@@ -268,7 +268,6 @@ class OutputSink:
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
-        self.lines_written = 0
         self.bytes_fed = 0
 
     @property
@@ -372,7 +371,6 @@ class OutputSink:
         self._pending_chars -= sum(len(r[2]) for r in rows)
         self._pending_since = time.monotonic() if self._pending else None
         await self._write(Batch(self.execution_id, rows[0][0], rows))
-        self.lines_written += len(rows)
         if not self._too_full() and not self._room.is_set():
             # The readers were held back: their silence restarts now, not at their last read.
             now = time.monotonic()

@@ -215,11 +215,6 @@ def cancel(execution: Execution) -> Execution:
     raise NotCancelable(f"execution {execution.id} already finished ({execution.status})")
 
 
-def set_result(execution_id: str, result: Any) -> None:
-    """Store a result before the final status (workflows report partial results)."""
-    Execution.objects.filter(pk=execution_id).update(result=result)
-
-
 def advance_last_seq(execution_id: str, last_seq: int) -> None:
     Execution.objects.filter(pk=execution_id, last_seq__lt=last_seq).update(last_seq=last_seq)
 

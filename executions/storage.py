@@ -6,10 +6,10 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from executions.models import Execution, OutputChunk
+from executions.models import OutputChunk
+from executions.services import advance_last_seq
 
 CHUNK_TABLE = OutputChunk._meta.db_table
-EXECUTION_TABLE = Execution._meta.db_table
 _COLUMNS = "(execution_id, seq, output_type, data, timestamp)"
 # COPY text format: backslash, newline, carriage return and tab must be escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -43,11 +43,6 @@ def insert_chunks(execution_id: str, rows: list[tuple[int, str, str, datetime]])
 
 def store_batch(execution_id: str, rows: list[tuple[int, str, str, datetime]]) -> None:
     """Store one batch and advance the execution's last_seq, in one transaction."""
-    last_seq = rows[-1][0]
     with transaction.atomic():
         insert_chunks(execution_id, rows)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {EXECUTION_TABLE} SET last_seq = %s WHERE id = %s AND last_seq < %s",
-                [last_seq, execution_id, last_seq],
-            )
+        advance_last_seq(execution_id, rows[-1][0])

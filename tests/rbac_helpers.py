@@ -31,6 +31,7 @@ from executions.models import Execution, ExecutionEvent
 from project.asgi import application as asgi
 from rbac.models import ApiKey, Role, TenantGrant
 from tests.streaming_helpers import home_loop, parse_sse, store  # noqa: F401 (a fixture)
+from tests.streaming_helpers import http_scope as stream_scope
 
 PERSONAS = (
     "superuser",
@@ -48,7 +49,6 @@ T1 = {"E1", "W", "C", "S"}
 ALL = T1 | {"X"}
 SECRET = "hunter2-very-secret"
 CSRF_SECRET = "a" * 32  # Django accepts the unmasked secret as the token
-HOST = [(b"host", b"127.0.0.1")]
 
 
 @dataclass
@@ -188,20 +188,10 @@ class Reply:
 
 
 def http_scope(method: str, path: str, query: str, headers) -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query.encode(),
-        "headers": [*HOST, *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    """A scope for the whole application: no `user` yet, the auth middleware under test sets it."""
+    scope = stream_scope(path, query, headers, method=method)
+    del scope["user"]
+    return scope
 
 
 async def call(method, path, *, query="", headers=(), body=None, stream=False) -> Reply:

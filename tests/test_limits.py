@@ -20,6 +20,7 @@ from tests.rbac_helpers import (
     session_headers,
 )
 from tests.server_helpers import serve, session_cookie
+from tests.streaming_helpers import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,13 +37,6 @@ def _own_limits(settings):
 async def _held(bucket: str) -> int:
     held = slot_store().held(bucket)
     return await held if asyncio.iscoroutine(held) else held
-
-
-async def _wait_for(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 class Streams:
@@ -100,7 +94,7 @@ async def test_it_gives_a_slot_back_when_a_stream_is_cancelled(member, tenant):
     streams = Streams(member)
     await streams.open(10)
     streams.tasks[0].cancel()
-    await _wait_for(lambda: _is(f"tenant:{tenant.pk}", 9))
+    await eventually(lambda: _is(f"tenant:{tenant.pk}", 9), what="9 slots held")
     late = Streams(member)
     await late.open(1)
     assert late.opened == 1
@@ -191,7 +185,7 @@ async def test_it_frees_slots_of_a_crashed_process_after_the_lease(member, tenan
             return True
         return False
 
-    await _wait_for(_a_slot_is_free, timeout=5)
+    await eventually(_a_slot_is_free, timeout=5, what="a free slot")
     assert time.monotonic() - started < 2.5
 
 

@@ -5,6 +5,12 @@ from django.db import models
 MASK = "********"
 
 
+def mask_parameters(values: dict[str, Any], secret_names) -> dict[str, Any]:
+    """A copy of `values` with every parameter named in `secret_names` shown as `********`."""
+    secret = set(secret_names)
+    return {k: (MASK if k in secret and v is not None else v) for k, v in values.items()}
+
+
 class RunnerType(models.TextChoices):
     LOCAL_SHELL_CMD = "local-shell-cmd"
     LOCAL_SHELL_SCRIPT = "local-shell-script"
@@ -57,5 +63,4 @@ class Action(models.Model):
 
     def mask_parameters(self, values: dict[str, Any]) -> dict[str, Any]:
         """A copy of `values` with every secret parameter shown as `********`."""
-        secret = self.secret_parameter_names()
-        return {k: (MASK if k in secret and v is not None else v) for k, v in values.items()}
+        return mask_parameters(values, self.secret_parameter_names())

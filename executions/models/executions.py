@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from ulid import ULID
 
-from executions.models.actions import MASK, Action, RunnerType
+from executions.models.actions import Action, RunnerType, mask_parameters
 from executions.models.tenants import Tenant
 
 
@@ -33,7 +33,6 @@ FINISHED_STATUSES = frozenset(
         ExecutionStatus.ABANDONED,
     }
 )
-ACTIVE_STATUSES = frozenset({ExecutionStatus.RUNNING, ExecutionStatus.CANCELING})
 
 
 class Execution(models.Model):
@@ -106,10 +105,7 @@ class Execution(models.Model):
         return (self.finished_at - self.started_at).total_seconds()
 
     def masked_parameters(self) -> dict[str, Any]:
-        secret = set(self.secret_parameters)
-        return {
-            k: (MASK if k in secret and v is not None else v) for k, v in self.parameters.items()
-        }
+        return mask_parameters(self.parameters, self.secret_parameters)
 
     def secret_values(self) -> list[str]:
         """The values output masking must hide (non-empty, as text)."""

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import termios
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from executions.capture import OutputSink
@@ -57,7 +57,6 @@ class RunContext:
     canceled: asyncio.Event
     run_child: Callable[[Execution], Awaitable[Execution]] | None = None
     db: Callable[..., Awaitable[Any]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def parameters(self) -> dict[str, Any]:
