@@ -24,27 +24,23 @@ run: $(STAMP)
 	$(BIN)/python manage.py demo_user
 	$(BIN)/python manage.py serve --port $(PORT)
 
-# The suite runs in embedded mode always, then again in cluster mode when DATABASE_URL and
-# REDIS_URL are set (REQUIRE_SERVICES=1: missing services fail the run instead of skipping).
+# Checks first (migrations, ruff, mypy). The suite runs in embedded mode always, and in cluster
+# mode too when DATABASE_URL and REDIS_URL are set (REQUIRE_SERVICES=1: missing services fail the
+# run instead of skipping), both passes side by side (.ci/passes; SERIAL=1 for one after the
+# other). docs/testing.md says why.
 test: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@echo "== embedded mode: SQLite + in-memory channel layer"
-	env -u DATABASE_URL -u REDIS_URL -u REQUIRE_SERVICES $(BIN)/python -m pytest $(PYTEST_ARGS)
-	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then \
-	  echo "== cluster mode: PostgreSQL + Redis"; \
-	  $(BIN)/python -m pytest $(PYTEST_ARGS); \
-	elif [ "$$REQUIRE_SERVICES" = 1 ]; then \
-	  echo "REQUIRE_SERVICES=1 but DATABASE_URL / REDIS_URL are not set"; exit 1; \
-	else \
-	  echo "== cluster mode not run: set DATABASE_URL and REDIS_URL to run it"; \
-	fi
+	$(BIN)/mypy
+	.ci/passes
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/purge.py
+	$(BIN)/python bench/fanout.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -53,3 +49,23 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# Fault tests alone (private PostgreSQL and Redis restarted, connections and runners killed);
+# they need cluster mode (DATABASE_URL and REDIS_URL). `make test` runs them too.
+.PHONY: test-faults
+test-faults: $(STAMP)
+	@if [ -z "$$DATABASE_URL" ] || [ -z "$$REDIS_URL" ]; then \
+	  echo "make test-faults needs DATABASE_URL and REDIS_URL (cluster mode)"; exit 1; \
+	fi
+	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
+
+# The long soak (cluster mode): 100 hostile executions, 100 clients dropping and resuming for
+# SOAK_SECONDS (the suite's own soak is 45 s).
+SOAK_SECONDS ?= 300
+.PHONY: soak
+soak: $(STAMP)
+	@if [ -z "$$DATABASE_URL" ] || [ -z "$$REDIS_URL" ]; then \
+	  echo "make soak needs DATABASE_URL and REDIS_URL (cluster mode)"; exit 1; \
+	fi
+	TAILGATE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest $(PYTEST_ARGS) \
+	  "tests/test_faults_streams.py::test_it_keeps_every_reconnecting_client_exact_through_a_soak"

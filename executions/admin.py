@@ -1,5 +1,4 @@
 import json
-import re
 from typing import Any, cast
 
 from django.contrib import admin
@@ -9,12 +8,11 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from executions.models import Action, Execution, ExecutionEvent, OutputChunk, Tenant
-from executions.services import mask_value
+from executions.problems import is_ulid
+from executions.services import execution_secrets, mask_value
 
 # The admin detail shows this many of the newest output lines; the live page has the rest.
 ADMIN_OUTPUT_LINES = 200
-# Execution ids are ULIDs; Crockford base32 is case-insensitive, so a pasted id may be lower case.
-ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$", re.IGNORECASE)
 
 
 def _json_block(value: Any) -> str:
@@ -102,7 +100,7 @@ class ExecutionAdmin(ReadOnlyAdmin):
         # An id is matched exactly on the primary key; `=id` would be a case-insensitive
         # comparison that no index serves.
         term = search_term.strip()
-        if ULID_RE.match(term):
+        if is_ulid(term):  # Crockford base32 is case-insensitive: a pasted id may be lower case
             return queryset.filter(pk=term.upper()), False
         return super().get_search_results(request, queryset, search_term)
 
@@ -118,11 +116,11 @@ class ExecutionAdmin(ReadOnlyAdmin):
     @admin.display(description="result")
     def shown_result(self, obj: Execution) -> str:
         # An action may echo a secret into its result; the API masks it, so does the admin.
-        return _json_block(mask_value(obj.result, obj.secret_values()))
+        return _json_block(mask_value(obj.result, execution_secrets(obj)))
 
     @admin.display(description="error")
     def shown_error(self, obj: Execution) -> str:
-        return mask_value(obj.error, obj.secret_values())
+        return mask_value(obj.error, execution_secrets(obj))
 
     @admin.display(description="live page")
     def live_page(self, obj: Execution) -> str:

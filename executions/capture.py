@@ -11,14 +11,15 @@ shared by the streams of one execution, so `seq` is the order in which lines wer
 
 import asyncio
 import codecs
-import re
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from executions.models.actions import MASK
+# Masking lives in executions/masking.py; SecretMasker and mask_text are re-exported here.
+from executions.masking import SecretMasker, mask_text, secret_forms  # noqa: F401
 
 # A partial line (a prompt, a progress bar) is flushed after this much silence on its stream
 # (never while the readers are paused by backpressure: that silence is ours, not the
@@ -38,73 +39,22 @@ BATCH_MAX_CHARS = 2 * 1024 * 1024
 # its text, so lines are bounded as well as characters).
 PENDING_HIGH_WATER_CHARS = 8 * 1024 * 1024
 PENDING_HIGH_WATER_LINES = 4 * BATCH_MAX_LINES
+# A batch that fails to commit stays pending and is written again after this long, doubling
+# up to the max: quick after a blip, one attempt every few seconds during a real outage.
+WRITE_RETRY_FIRST_SECONDS = 0.1
+WRITE_RETRY_MAX_SECONDS = 5.0
+# How long the sink keeps retrying one batch unless told otherwise (RUNNER_DB_OUTAGE_SECONDS).
+DEFAULT_OUTAGE_LIMIT_SECONDS = 300.0
+# NUL cannot be stored in PostgreSQL text; every NUL an action writes is stored as this
+# visible stand-in (U+2400 SYMBOL FOR NULL) in both modes, so SQLite and PostgreSQL agree.
+# Invalid UTF-8 becomes U+FFFD as usual: the two stay distinguishable.
+NUL_SUBSTITUTE = "\u2400"
+
+log = logging.getLogger(__name__)
 
 
-class SecretMasker:
-    """Replaces every secret (and its JSON-escaped form) with `********` in a text stream.
-
-    Text that could be the start of a secret is held back until the next piece shows whether
-    it is one, so a secret split across two reads is still masked. Feeding text in any pieces
-    gives the same result as masking it whole.
-    """
-
-    def __init__(self, secrets: Iterable[str]):
-        forms: set[str] = set()
-        for secret in secrets:
-            if secret:
-                forms.add(secret)
-                forms.add(_json_escaped(secret))
-        self._forms = sorted(forms, key=len, reverse=True)
-        # Longest first: at one position a longer secret wins over a secret that prefixes it.
-        self._pattern = re.compile("|".join(map(re.escape, self._forms))) if forms else None
-        self._first_chars = {f[0] for f in self._forms}
-        self._longest = max((len(f) for f in self._forms), default=0)
-        self._held = ""
-
-    def feed(self, text: str) -> str:
-        if self._pattern is None:
-            return text
-        buf = self._held + text
-        hold_from = self._hold_start(buf)
-        out, pos = [], 0
-        for match in self._pattern.finditer(buf):
-            if match.start() >= hold_from:
-                break
-            out.append(buf[pos : match.start()])
-            out.append(MASK)
-            pos = match.end()
-        keep_from = max(pos, hold_from)
-        out.append(buf[pos:keep_from])
-        self._held = buf[keep_from:]
-        return "".join(out)
-
-    def flush(self) -> str:
-        """Everything held back, at the end of the stream (it is not a whole secret)."""
-        held, self._held = self._held, ""
-        if self._pattern is None:
-            return held
-        return self._pattern.sub(MASK, held)
-
-    def _hold_start(self, buf: str) -> int:
-        """Index of the longest suffix of `buf` that is a proper prefix of some secret."""
-        for i in range(max(0, len(buf) - self._longest + 1), len(buf)):
-            if buf[i] in self._first_chars:
-                tail = buf[i:]
-                if any(len(f) > len(tail) and f.startswith(tail) for f in self._forms):
-                    return i
-        return len(buf)
-
-
-def _json_escaped(secret: str) -> str:
-    import json
-
-    return json.dumps(secret)[1:-1]
-
-
-def mask_text(text: str, secrets: Iterable[str]) -> str:
-    """Mask a whole text at once (the reference the streaming masker must agree with)."""
-    masker = SecretMasker(secrets)
-    return masker.feed(text) + masker.flush()
+class OutputLost(Exception):
+    """Output could not be stored (a permanent error, or the database away past the limit)."""
 
 
 def cut_utf8(text: str, max_bytes: int) -> list[str]:
@@ -168,14 +118,17 @@ class StreamCapture:
     """One output stream of one execution: bytes in, finished chunks out."""
 
     def __init__(self, output_type: str, secrets: Iterable[str], max_chunk_bytes: int):
+        """`secrets`: the texts to mask (masking.secret_forms of the secret values)."""
         self.output_type = output_type
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._masker = SecretMasker(secrets)
         self._splitter = LineSplitter(max_chunk_bytes)
 
     def feed(self, data: bytes, now: float) -> list[str]:
-        text = self._decoder.decode(data)
-        return self._splitter.feed(self._masker.feed(text), now)
+        return self._splitter.feed(self._masker.feed(self._decode(data)), now)
+
+    def _decode(self, data: bytes, final: bool = False) -> str:
+        return self._decoder.decode(data, final).replace("\0", NUL_SUBSTITUTE)
 
     def stale_partial(self, now: float) -> list[str]:
         """The unfinished line, after PARTIAL_FLUSH_SECONDS of silence or at its max age."""
@@ -199,7 +152,7 @@ class StreamCapture:
 
     def close(self, now: float) -> list[str]:
         """End of stream: whatever is left, decoded, masked and flushed."""
-        lines = self._splitter.feed(self._masker.feed(self._decoder.decode(b"", final=True)), now)
+        lines = self._splitter.feed(self._masker.feed(self._decode(b"", final=True)), now)
         lines += self._splitter.feed(self._masker.flush(), now)
         rest = self._splitter.take_partial()
         return lines + ([rest] if rest else [])
@@ -211,6 +164,9 @@ class Batch:
     first_seq: int
     # (seq, output_type, data, timestamp) in seq order
     rows: list[tuple[int, str, str, datetime]]
+    # Writes of this batch tried so far: a retry may follow a commit whose answer was lost,
+    # so from the second attempt on the writer checks whether the batch is already stored.
+    attempts: int = 0
 
     @property
     def last_seq(self) -> int:
@@ -241,8 +197,12 @@ class OutputSink:
     """Gives chunks their seq and writes them in batches, one batch at a time, in order.
 
     `write` stores a batch (and publishes it after commit); it is awaited before the next
-    batch starts, so batches land in seq order. Streams feed it with `feed`; `run` is the
-    writer loop, ended by `close`.
+    batch starts, so batches land in seq order. A batch leaves the pending list only once
+    `write` returned: a failed write is retried (backoff) while pending output keeps the
+    readers paused at the high-water mark, until `outage_limit` seconds of failures, or at
+    once for an error `retryable` refuses. Then `run` raises OutputLost, `failure` says why,
+    and whatever is fed afterwards is dropped (the execution is ending). Streams feed it with
+    `feed`; `run` is the writer loop, ended by `close_streams`.
     """
 
     def __init__(
@@ -250,17 +210,22 @@ class OutputSink:
         execution_id: str,
         write: WriteBatch,
         *,
-        secrets: Iterable[str] = (),
+        secrets: Iterable[Any] = (),
         max_chunk_bytes: int = 1024 * 1024,
         first_seq: int = 1,
+        outage_limit: float = DEFAULT_OUTAGE_LIMIT_SECONDS,
+        retryable: Callable[[Exception], bool] = lambda exc: True,
     ):
         self.execution_id = execution_id
         self._write = write
-        self._secrets = list(secrets)
+        self._secrets = secret_forms(secrets)  # secret values (any JSON type) as texts
         self._max_chunk_bytes = max_chunk_bytes
+        self._outage_limit = outage_limit
+        self._retryable = retryable
         # Keyed by (output_type, prefix): each host of a remote run has its own line buffer.
         self._streams: dict[tuple[str, str], StreamCapture] = {}
         self._next_seq = first_seq
+        self.stored_seq = first_seq - 1  # the last seq known committed
         self._pending: list[tuple[int, str, str, datetime]] = []
         self._pending_chars = 0
         self._pending_since: float | None = None
@@ -268,6 +233,7 @@ class OutputSink:
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
+        self.failure: str | None = None
         self.bytes_fed = 0
 
     @property
@@ -289,11 +255,15 @@ class OutputSink:
         """Take bytes read from one stream; waits while too much is pending (backpressure)."""
         await self._room.wait()
         self.bytes_fed += len(data)
+        if self.failure is not None:
+            return  # nothing can be stored any more: drain the pipe so the action can end
         now = time.monotonic()
         self._add((output_type, prefix), self.stream(output_type, prefix).feed(data, now), now)
 
     def add_text(self, output_type: str, text: str) -> None:
         """Add text that is not from a pipe (workflow progress, runner messages)."""
+        if self.failure is not None:
+            return
         now = time.monotonic()
         self._add((output_type, ""), self.stream(output_type).feed(text.encode(), now), now)
 
@@ -336,7 +306,17 @@ class OutputSink:
         return min(deadlines) if deadlines else None
 
     async def run(self) -> None:
-        """The writer loop: one batch at a time until closed and drained."""
+        """The writer loop: one batch at a time until closed and drained.
+
+        Raises OutputLost when output could not be stored (see the class docstring).
+        """
+        try:
+            await self._loop()
+        except OutputLost as exc:
+            self._give_up(str(exc))
+            raise
+
+    async def _loop(self) -> None:
         while True:
             deadline = self._next_deadline()
             if deadline is None:
@@ -367,10 +347,11 @@ class OutputSink:
             self._pending_since = None
             return
         rows = self._pending[:BATCH_MAX_LINES]
-        del self._pending[:BATCH_MAX_LINES]
+        await self._write_until_stored(Batch(self.execution_id, rows[0][0], rows))
+        del self._pending[: len(rows)]  # only now: a failed write keeps its rows
+        self.stored_seq = rows[-1][0]
         self._pending_chars -= sum(len(r[2]) for r in rows)
         self._pending_since = time.monotonic() if self._pending else None
-        await self._write(Batch(self.execution_id, rows[0][0], rows))
         if not self._too_full() and not self._room.is_set():
             # The readers were held back: their silence restarts now, not at their last read.
             now = time.monotonic()
@@ -378,10 +359,57 @@ class OutputSink:
                 capture.resumed(now)
             self._room.set()
 
+    async def _write_until_stored(self, batch: Batch) -> None:
+        delay = WRITE_RETRY_FIRST_SECONDS
+        failing_since: float | None = None
+        while True:
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                failing_since = self._write_failed(batch, exc, failing_since)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX_SECONDS)
+            else:
+                if failing_since is not None:
+                    log.info("execution %s: output stored again", self.execution_id)
+                return
+            finally:
+                batch.attempts += 1
+
+    def _write_failed(self, batch: Batch, exc: Exception, since: float | None) -> float:
+        """Log the first failure of a batch; raise OutputLost when retrying is pointless."""
+        now = time.monotonic()
+        if not self._retryable(exc):
+            raise OutputLost(f"output could not be stored: {exc}") from exc
+        if since is None:
+            log.warning(
+                "execution %s: writing output seq %d-%d failed (%r); retrying for up to %.0f s",
+                self.execution_id,
+                batch.first_seq,
+                batch.last_seq,
+                exc,
+                self._outage_limit,
+            )
+            return now
+        if now - since >= self._outage_limit:
+            raise OutputLost(
+                f"the database was unavailable for more than {self._outage_limit:.0f} s: "
+                f"output after seq {self.stored_seq} could not be stored"
+            ) from exc
+        return since
+
+    def _give_up(self, reason: str) -> None:
+        self.failure = reason
+        self._pending.clear()
+        self._pending_chars = 0
+        self._pending_since = None
+        self._room.set()  # release blocked readers: what they read from now on is dropped
+
     def close_streams(self) -> None:
         """End of all input: flush every stream's remainder into the pending batch."""
         now = time.monotonic()
-        for key, capture in self._streams.items():
-            self._add(key, capture.close(now), now)
+        if self.failure is None:
+            for key, capture in self._streams.items():
+                self._add(key, capture.close(now), now)
         self._closed = True
         self._wake.set()

@@ -203,3 +203,13 @@ def check_schema(schema: Any) -> list[str]:
         else:
             problems.extend(_check_spec(where, spec))
     return problems
+
+
+def distinct_hosts(parameters: dict[str, Any]) -> list[str]:
+    """A remote run's `hosts` as the runner uses them: stripped, blanks dropped, each once, in
+    order (one host runs in the execution itself; several make one child execution each)."""
+    hosts = parameters.get("hosts")
+    if not isinstance(hosts, list):
+        return []
+    named = (host.strip() for host in hosts if isinstance(host, str))
+    return list(dict.fromkeys(host for host in named if host))

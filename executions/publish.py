@@ -6,10 +6,16 @@ Every message here is a hint. A consumer that misses one catches up from the dat
 
 import asyncio
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from executions.capture import Batch
+    from executions.models import Execution
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +42,35 @@ def tenant_output_group(tenant_id: int) -> str:
 
 
 def output_batch_message(
-    execution_id: str, first_seq: int, last_seq: int, chunks: list[dict[str, Any]] | None
+    execution_id: str,
+    first_seq: int,
+    last_seq: int,
+    chunks: list[dict[str, Any]] | None,
+    tenant_id: int | None = None,
 ) -> dict[str, Any]:
+    """An "output.batch" ring: the seq range stored, and the chunks themselves when small."""
     return {
         "type": "output.batch",
         "execution_id": execution_id,
         "first_seq": first_seq,
         "last_seq": last_seq,
         "chunks": chunks,
+        "tenant_id": tenant_id,
     }
+
+
+def stored_batch_message(execution: "Execution", batch: "Batch") -> dict[str, Any]:
+    """The ring for a batch the runner stored: chunks inline only below the inline bounds."""
+    inline = len(batch.rows) <= MAX_INLINE_BATCH_LINES and batch.chars() <= MAX_INLINE_BATCH_CHARS
+    chunks = batch.as_messages(execution.action_ref, execution.runner_type) if inline else None
+    return output_batch_message(
+        execution.id, batch.first_seq, batch.last_seq, chunks, execution.tenant_id
+    )
+
+
+def output_groups(execution: "Execution") -> list[str]:
+    """Who hears of new output: the execution's own streams and its tenant's global streams."""
+    return [execution_group(execution.id), tenant_output_group(execution.tenant_id)]
 
 
 def event_message(
@@ -59,14 +85,61 @@ def event_message(
     }
 
 
+# A ring is worth little once late (streams re-check the log on their own), so a send waits
+# CHANNEL_LAYER_SEND_TIMEOUT_SECONDS at most: redis-py retries a refused connection for
+# seconds, and the runner's writer must go on storing output while Redis is down. After a
+# failed send, sends are skipped for CHANNEL_LAYER_SEND_COOLDOWN_SECONDS instead of each waiting
+# out the timeout: an outage costs the writer one timeout per cooldown, not one per batch.
+
+
+class _LayerHealth:
+    """Whether the layer failed lately; logs an outage once when it starts and once at its end."""
+
+    def __init__(self) -> None:
+        self.failed_at: float | None = None
+
+    def cooling_down(self, now: float) -> bool:
+        cooldown = settings.CHANNEL_LAYER_SEND_COOLDOWN_SECONDS
+        return self.failed_at is not None and now - self.failed_at < cooldown
+
+    def failed(self, now: float, group: str, exc: BaseException) -> None:
+        if self.failed_at is None:
+            log.warning(
+                "channel layer send to %s failed (%r); rings are skipped until it is back",
+                group,
+                exc,
+            )
+        self.failed_at = now
+
+    def succeeded(self) -> None:
+        if self.failed_at is not None:
+            log.info("channel layer sends work again")
+        self.failed_at = None
+
+
+_health = _LayerHealth()
+
+
+def forget_layer_failures() -> None:
+    """Ring again at once, cooldown or not (after the layer was reconfigured; tests)."""
+    _health.failed_at = None
+
+
 async def agroup_send(group: str, message: dict[str, Any]) -> None:
+    """Ring `group`; never raises (the layer is a doorbell: a failed ring must not fail work)."""
     layer = get_channel_layer()
     if layer is None:
         return
+    now = time.monotonic()
+    if _health.cooling_down(now):
+        return
     try:
-        await layer.group_send(group, message)
-    except Exception:  # the layer is a doorbell: a failed ring must not fail the work
-        log.warning("channel layer send to %s failed", group, exc_info=True)
+        async with asyncio.timeout(settings.CHANNEL_LAYER_SEND_TIMEOUT_SECONDS):
+            await layer.group_send(group, message)
+    except Exception as exc:  # TimeoutError included
+        _health.failed(time.monotonic(), group, exc)
+    else:
+        _health.succeeded()
 
 
 _home_loop: asyncio.AbstractEventLoop | None = None
@@ -83,14 +156,45 @@ def set_home_loop(loop: asyncio.AbstractEventLoop | None) -> None:
 
 
 def group_send(group: str, message: dict[str, Any]) -> None:
-    """Send from sync code (services run in threads); never raises."""
+    """Send from sync code (services run in threads); never raises. Rings to one group leave
+    in the order of the calls (a lifecycle `running` must not overtake its `scheduled`)."""
     loop = _home_loop
-    if loop is not None and loop.is_running():
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not loop:
-            asyncio.run_coroutine_threadsafe(agroup_send(group, message), loop)
-            return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is not None and loop.is_running() and running is not loop:
+        # call_soon_threadsafe keeps the callers' order; a coroutine per call would not.
+        loop.call_soon_threadsafe(_send_in_order, group, message)
+        return
+    if running is not None:
+        # Sync code on a thread whose own loop is running (async_to_sync cannot work there).
+        _send_in_order(group, message)
+        return
     async_to_sync(agroup_send)(group, message)
+
+
+# The newest send scheduled per (loop, group): each send waits for the one before it. Two
+# concurrent layer.group_send calls take separate Redis connections and can land either way
+# round. Entries leave when their send is done; the tasks are referenced here until then.
+_tails: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task] = {}
+
+
+def _send_in_order(group: str, message: dict[str, Any]) -> None:
+    """On the loop: schedule the ring after the group's previous one."""
+    loop = asyncio.get_running_loop()
+    key = (loop, group)
+    task = loop.create_task(_after(_tails.get(key), group, message))
+    _tails[key] = task
+
+    def forget(done: asyncio.Task) -> None:
+        if _tails.get(key) is done:
+            del _tails[key]
+
+    task.add_done_callback(forget)
+
+
+async def _after(previous: asyncio.Task | None, group: str, message: dict[str, Any]) -> None:
+    if previous is not None:
+        await asyncio.wait([previous])  # agroup_send never raises; wait() would not either
+    await agroup_send(group, message)

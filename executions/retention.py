@@ -15,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.contrib.contenttypes.models import ContentType
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
-from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from executions.models import Execution, ExecutionEvent, OutputChunk, Tenant
 from executions.models.executions import FINISHED_STATUSES
+from rbac.access import forget_execution_permissions
 
 CHUNK_TABLE = OutputChunk._meta.db_table
 
@@ -229,9 +228,7 @@ def _lock_ids(execution_ids: list[str]) -> set[str]:
 def _delete_executions(execution_ids: list[str], root_ids: list[str]) -> int:
     """Delete these families: events, object permissions (generic ones too) and the rows."""
     ExecutionEvent.objects.filter(execution_id__in=execution_ids).delete()
-    content_type = ContentType.objects.get_for_model(Execution)
-    for generic in (UserObjectPermission, GroupObjectPermission):
-        generic.objects.filter(content_type=content_type, object_pk__in=execution_ids).delete()
+    forget_execution_permissions(execution_ids)
     # The ORM cascade removes children and the direct-FK guardian rows with their root.
     _, per_model = Execution.objects.filter(pk__in=root_ids).delete()
     return per_model.get(Execution._meta.label, 0)

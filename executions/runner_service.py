@@ -2,7 +2,15 @@
 
 Used by `manage.py actionrunner` (cluster mode) and inside the daphne process by
 `manage.py serve` (embedded mode). Each loop is one step function plus a sleep, so tests
-can drive a single step.
+can drive a single step (the steps' queries are in runner_steps.py).
+
+One execution:
+
+    execute ─▶ OutputSink.run (writer task) ──store_batch (data threads), publish_output──▶
+            └▶ the runner coroutine (action task)
+       whichever ends first decides: the action's outcome, or `failed` at once if the writer
+       gave up (the action is stopped); then the writer drains and services.finish records
+       the outcome, retried until the database takes it. Nothing ends without a record.
 """
 
 import asyncio
@@ -10,22 +18,25 @@ import contextlib
 import logging
 import os
 import socket
-import threading
+import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections, connection, connections, transaction
-from django.utils import timezone
+from django.db import close_old_connections
 
 from executions import publish, services, storage
-from executions.capture import Batch, OutputSink
+from executions.capture import Batch, OutputLost, OutputSink
+from executions.db import close_thread_connections
+from executions.masking import Masker
 from executions.models import Execution, ExecutionStatus
+from executions.runner_steps import canceling_among, claim_scheduled, reap_abandoned
 from executions.runners import get_runner
-from executions.runners.base import RunContext, RunOutcome, become_subreaper
+from executions.runners.base import RunContext, RunOutcome
+from executions.runners.processes import become_subreaper
 
 log = logging.getLogger(__name__)
 S = ExecutionStatus
@@ -34,23 +45,23 @@ S = ExecutionStatus
 # the control thread (claims, heartbeats, cancel checks) has its own so a busy writer can
 # never delay a heartbeat into a false `abandoned`.
 DATA_DB_THREADS = 4
-
-
-def close_thread_connections(executor: ThreadPoolExecutor, threads: int) -> None:
-    """Close the database connection of every thread of `executor`.
-
-    Connections are per thread; a barrier makes each of the `threads` tasks land on its own
-    thread, so none is left open (PostgreSQL would refuse to drop a test database otherwise).
-    """
-    barrier = threading.Barrier(threads)
-
-    def close() -> None:
-        connections.close_all()
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout=5)
-
-    for future in [executor.submit(close) for _ in range(threads)]:
-        future.result()
+# The nudge listener joins its group again at least this often: Redis may have restarted (and
+# forgotten the membership) while the listener was idle. A join is one cheap Redis command.
+NUDGE_REJOIN_SECONDS = 30
+# While the layer is away the listener tries again this often (a refused connect is cheap), so
+# live nudges are back within about this long of Redis returning.
+NUDGE_RETRY_SECONDS = 1.0
+# Recording an outcome is retried this often (doubling to the max) while the database is
+# away: the action is over, only the database can end the wait.
+RECORD_RETRY_FIRST_SECONDS = 0.2
+RECORD_RETRY_MAX_SECONDS = 5.0
+# On shutdown, what a canceled run still has pending gets this long to be stored.
+SHUTDOWN_DRAIN_SECONDS = 10.0
+# The last line of a run its runner stopped (SIGTERM past RUNNER_SHUTDOWN_GRACE_SECONDS).
+SHUTDOWN_MESSAGE = "the runner shut down before the action finished; the action was stopped"
+# The last line of a workflow's child stopped because its workflow ended first (its writer
+# failed, or it was canceled from above).
+STOPPED_MESSAGE = "the run was stopped because its workflow ended"
 
 
 def _db_call(fn, *args, **kwargs):
@@ -58,47 +69,42 @@ def _db_call(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-def claim_scheduled(runner_id: str, limit: int) -> list[Execution]:
-    """Claim up to `limit` scheduled executions, oldest first.
-
-    On PostgreSQL the candidates are locked with SKIP LOCKED so runners do not queue on each
-    other; everywhere the claim itself is a compare-and-set, so no two runners win one row.
-    """
-    claimed = []
-    with transaction.atomic():
-        candidates = Execution.objects.filter(status=S.SCHEDULED, parent__isnull=True)
-        candidates = candidates.order_by("created_at")
-        if connection.vendor == "postgresql":
-            candidates = candidates.select_for_update(skip_locked=True)
-        for execution_id in list(candidates.values_list("pk", flat=True)[:limit]):
-            execution = services.claim(execution_id, runner_id)
-            if execution is not None:
-                claimed.append(execution)
-    for execution in claimed:  # read the action now, not in the event loop
-        _ = execution.action
-    return claimed
+async def _drain_writer(writer: asyncio.Task, timeout: float) -> None:
+    """Let the writer store what is pending, for at most `timeout` (shutdown must end)."""
+    done, _ = await asyncio.wait({writer}, timeout=timeout)
+    if not done:
+        writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
 
 
-def canceling_among(execution_ids: list[str]) -> list[str]:
-    return list(
-        Execution.objects.filter(pk__in=execution_ids, status=S.CANCELING).values_list(
-            "pk", flat=True
-        )
-    )
+async def _drained(writer: asyncio.Task, outcome: RunOutcome) -> RunOutcome:
+    """The outcome once the writer stored everything; `failed` if it could not."""
+    try:
+        await writer
+    except OutputLost as exc:
+        if outcome.error == str(exc):
+            return outcome  # the action was stopped because of this very failure
+        return RunOutcome(S.FAILED, outcome.exit_code, outcome.result, str(exc))
+    except Exception as exc:
+        log.exception("output writer failed")
+        return RunOutcome(S.FAILED, outcome.exit_code, outcome.result, f"output writer: {exc}")
+    return outcome
 
 
-def reap_abandoned(grace_seconds: float) -> list[str]:
-    """Mark running executions whose runner stopped heartbeating as `abandoned`."""
-    cutoff = timezone.now() - timedelta(seconds=grace_seconds)
-    stale = Execution.objects.filter(
-        status__in=(S.RUNNING, S.CANCELING), heartbeat_at__lt=cutoff
-    ).values_list("pk", "runner_id", "heartbeat_at")
-    reaped = []
-    for execution_id, runner_id, beat in list(stale):
-        reason = f"runner {runner_id} stopped heartbeating (last at {beat:%Y-%m-%d %H:%M:%S} UTC)"
-        if services.abandon(execution_id, reason):
-            reaped.append(execution_id)
-    return reaped
+async def _guarded(step, failing: bool) -> bool:
+    """Run one loop step; whether it failed. A database outage is logged in one line when it
+    starts and one when it ends (it is expected); any other failure with its traceback."""
+    try:
+        await step()
+    except Exception as exc:
+        if not storage.is_transient(exc):
+            log.exception("runner step %s failed", step.__name__)
+        elif not failing:
+            log.warning("runner step %s: database unavailable (%r)", step.__name__, exc)
+        return True
+    if failing:
+        log.info("runner step %s works again", step.__name__)
+    return False
 
 
 class RunnerService:
@@ -111,10 +117,24 @@ class RunnerService:
         self._control = ThreadPoolExecutor(1, thread_name_prefix="tailgate-control")
         self._data = ThreadPoolExecutor(DATA_DB_THREADS, thread_name_prefix="tailgate-data")
         self._tasks: list[asyncio.Task] = []
+        self._db_down = False
+        # As if the database came back one grace ago: a fresh runner may reap at once.
+        self._db_back_at = time.monotonic() - settings.RUNNER_ABANDON_GRACE_SECONDS
 
     async def control_db(self, fn, *args, **kwargs) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._control, lambda: _db_call(fn, *args, **kwargs))
+        try:
+            result = await loop.run_in_executor(
+                self._control, lambda: _db_call(fn, *args, **kwargs)
+            )
+        except Exception as exc:
+            if storage.is_transient(exc):
+                self._db_down = True
+            raise
+        if self._db_down:
+            self._db_down = False
+            self._db_back_at = time.monotonic()
+        return result
 
     async def data_db(self, fn, *args, **kwargs) -> Any:
         loop = asyncio.get_running_loop()
@@ -131,9 +151,20 @@ class RunnerService:
         return [e.id for e in claimed]
 
     async def heartbeat_step(self) -> None:
+        grace = settings.RUNNER_ABANDON_GRACE_SECONDS
         if self.running:
             await self.control_db(services.heartbeat, self.runner_id, list(self.running))
-        await self.control_db(reap_abandoned, settings.RUNNER_ABANDON_GRACE_SECONDS)
+        if self._db_reachable_for() >= grace:
+            await self.control_db(reap_abandoned, grace)
+
+    def _db_reachable_for(self) -> float:
+        """Seconds since this runner's database calls last started working again.
+
+        A runner that was cut off from the database for longer than the abandon grace must
+        not judge others by their heartbeats at once: they were cut off too and have not
+        had the chance to beat again.
+        """
+        return time.monotonic() - self._db_back_at
 
     async def cancel_step(self) -> None:
         if not self.running:
@@ -147,78 +178,118 @@ class RunnerService:
         canceled = asyncio.Event()
         task = asyncio.create_task(self.execute(execution, canceled), name=f"run {execution.id}")
         self.running[execution.id] = (task, canceled)
-        task.add_done_callback(lambda _t: self._finished(execution.id))
+        task.add_done_callback(lambda t: self._finished(execution.id, t))
         return task
 
-    def _finished(self, execution_id: str) -> None:
+    def _finished(self, execution_id: str, task: asyncio.Task) -> None:
         self.running.pop(execution_id, None)
         self._nudged.set()  # a slot is free
+        if not task.cancelled() and task.exception() is not None:
+            # execute() records every outcome itself; this is a bug, said at once and loudly.
+            log.error("execution %s: run failed", execution_id, exc_info=task.exception())
 
     def _writer(self, execution: Execution):
-        groups = [
-            publish.execution_group(execution.id),
-            publish.tenant_output_group(execution.tenant_id),
-        ]
-
         async def write(batch: Batch) -> None:
-            await self.data_db(storage.store_batch, batch.execution_id, batch.rows)
-            inline = (
-                len(batch.rows) <= publish.MAX_INLINE_BATCH_LINES
-                and batch.chars() <= publish.MAX_INLINE_BATCH_CHARS
-            )
-            chunks = (
-                batch.as_messages(execution.action_ref, execution.runner_type) if inline else None
-            )
-            message = publish.output_batch_message(
-                execution.id, batch.first_seq, batch.last_seq, chunks
-            )
-            message["tenant_id"] = execution.tenant_id
-            for group in groups:
-                await publish.agroup_send(group, message)
+            retry = batch.attempts > 0
+            await self.data_db(storage.store_batch, batch.execution_id, batch.rows, retry=retry)
+            await services.publish_output(execution, batch)
 
         return write
 
-    async def execute(self, execution: Execution, canceled: asyncio.Event) -> Execution | None:
-        """Run one claimed execution to its end and record the outcome."""
+    async def execute(
+        self, execution: Execution, canceled: asyncio.Event, inherited: Sequence[Any] = ()
+    ) -> Execution | None:
+        """Run one claimed execution to its end and record the outcome (always).
+
+        `inherited`: secret values of the workflows above it, masked here too.
+        """
+        secrets = [*services.execution_secrets(execution), *inherited]
         sink = OutputSink(
             execution.id,
             self._writer(execution),
-            secrets=execution.secret_values(),
+            secrets=secrets,
             max_chunk_bytes=settings.MAX_CHUNK_BYTES,
             first_seq=execution.last_seq + 1,
+            outage_limit=settings.RUNNER_DB_OUTAGE_SECONDS,
+            retryable=storage.is_transient,
         )
-        writer = asyncio.create_task(sink.run())
-        ctx = RunContext(execution, sink, canceled, run_child=self.run_child, db=self.control_db)
+        writer = asyncio.create_task(sink.run(), name=f"write {execution.id}")
+        ctx = RunContext(
+            execution, sink, canceled, run_child=self.run_child, db=self.control_db, secrets=secrets
+        )
         try:
-            outcome = await get_runner(execution.runner_type)(ctx)
+            outcome = await self._run_action(ctx, writer)
         except asyncio.CancelledError:
+            why = SHUTDOWN_MESSAGE if self.stopping else STOPPED_MESSAGE
+            sink.add_text("stderr", f"tailgate: {why}\n")
             sink.close_streams()
-            await writer
+            await _drain_writer(writer, SHUTDOWN_DRAIN_SECONDS)
             raise
-        except Exception as exc:
-            log.exception("execution %s: runner error", execution.id)
-            sink.add_text("stderr", f"tailgate: runner error: {exc}\n")
-            outcome = RunOutcome(S.FAILED, error=f"runner error: {exc}")
         sink.close_streams()
-        await writer
-        secrets = execution.secret_values()
-        return await self.control_db(
-            services.finish,
-            execution.id,
-            outcome.status,
-            exit_code=outcome.exit_code,
-            result=services.mask_value(outcome.result, secrets),
-            error=services.mask_value(outcome.error, secrets) or "",
-        )
+        outcome = await _drained(writer, outcome)
+        return await self._record(execution, outcome, Masker(secrets))
 
-    async def run_child(self, child: Execution) -> Execution:
-        """Run a workflow's child here (it holds no slot of its own: no deadlock)."""
+    async def _run_action(self, ctx: RunContext, writer: asyncio.Task) -> RunOutcome:
+        """The runner's outcome, or `failed` at once if the writer fails first (it is watched
+        alongside the action, so a lost database stops the action instead of hanging it)."""
+        action: asyncio.Future[RunOutcome] = asyncio.ensure_future(
+            get_runner(ctx.execution.runner_type)(ctx)
+        )
+        try:
+            await asyncio.wait({action, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not action.done():
+                action.cancel()
+            await asyncio.gather(action, return_exceptions=True)
+        if writer.done() and (writer.cancelled() or writer.exception() is not None):
+            return RunOutcome(S.FAILED, error=ctx.sink.failure or "the output writer stopped")
+        try:
+            return action.result()
+        except asyncio.CancelledError:
+            return RunOutcome(S.FAILED, error="the runner stopped unexpectedly")
+        except Exception as exc:
+            log.exception("execution %s: runner error", ctx.execution.id)
+            ctx.sink.add_text("stderr", f"tailgate: runner error: {exc}\n")
+            return RunOutcome(S.FAILED, error=f"runner error: {exc}")
+
+    async def _record(
+        self, execution: Execution, outcome: RunOutcome, masker: Masker
+    ) -> Execution | None:
+        """services.finish, retried until the database takes it (it may be coming back)."""
+        delay = RECORD_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await self.control_db(
+                    services.finish,
+                    execution.id,
+                    outcome.status,
+                    exit_code=outcome.exit_code,
+                    result=masker.value(outcome.result),
+                    error=masker.text(outcome.error or ""),
+                )
+            except Exception as exc:
+                if not storage.is_transient(exc):
+                    raise
+                if delay == RECORD_RETRY_FIRST_SECONDS:
+                    log.warning(
+                        "execution %s: recording the outcome failed (%r); retrying until the "
+                        "database takes it",
+                        execution.id,
+                        exc,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)
+
+    async def run_child(self, child: Execution, inherited: Sequence[Any] = ()) -> Execution:
+        """Run a workflow's child here (it holds no slot of its own: no deadlock).
+
+        `inherited`: the workflow's secret values; the child masks them too."""
         claimed = await self.control_db(services.claim, child.id, self.runner_id)
         if claimed is None:  # canceled before it started
             return await self.control_db(Execution.objects.get, pk=child.id)
         _ = await self.control_db(lambda: claimed.action)
         canceled = asyncio.Event()
-        task = asyncio.create_task(self.execute(claimed, canceled))
+        task = asyncio.create_task(self.execute(claimed, canceled, list(inherited)))
         self.running[claimed.id] = (task, canceled)
         try:
             done = await task
@@ -228,43 +299,52 @@ class RunnerService:
 
     # --- the service ----------------------------------------------------------------------
     async def _every(self, seconds: float, step) -> None:
+        failing = False
         while True:
-            try:
-                await step()
-            except Exception:
-                log.exception("runner step %s failed", step.__name__)
+            failing = await _guarded(step, failing)
             await asyncio.sleep(seconds)
 
     async def _claim_loop(self) -> None:
+        failing = False
         while not self.stopping:
-            try:
-                await self.claim_step()
-            except Exception:
-                log.exception("claim failed")
+            failing = await _guarded(self.claim_step, failing)
             self._nudged.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudged.wait(), settings.RUNNER_POLL_SECONDS)
 
     async def _listen_for_nudges(self) -> None:
-        """Wake the claim loop when an execution is created (polling is the fallback)."""
+        """Wake the claim loop when an execution is created (polling is the fallback).
+
+        The group is joined again before every wait: a Redis that restarted between two
+        receives forgot the membership without our connection noticing. A failing layer is
+        logged once, in one line (it is an expected outage, not a bug), and again when back.
+        """
         layer = get_channel_layer()
         if layer is None:
             return
         channel = await layer.new_channel()
-        while True:
-            try:
-                await layer.group_add(publish.RUNNER_GROUP, channel)
-                await asyncio.wait_for(layer.receive(channel), timeout=60)
-                self._nudged.set()
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await layer.group_discard(publish.RUNNER_GROUP, channel)
-                raise
-            except Exception:
-                log.warning("runner nudge channel failed; polling only", exc_info=True)
-                await asyncio.sleep(settings.RUNNER_POLL_SECONDS)
+        failing = False
+        try:
+            while True:
+                try:
+                    await layer.group_add(publish.RUNNER_GROUP, channel)
+                    if failing:
+                        log.info("runner nudge channel is back")
+                        failing = False
+                        self._nudged.set()  # claim what was created meanwhile
+                    async with asyncio.timeout(NUDGE_REJOIN_SECONDS):
+                        await layer.receive(channel)
+                    self._nudged.set()
+                except TimeoutError:  # our own re-join timer: the idle case
+                    pass
+                except Exception as exc:
+                    if not failing:
+                        log.warning("runner nudge channel failed (%r); polling only", exc)
+                    failing = True
+                    await asyncio.sleep(NUDGE_RETRY_SECONDS)
+        finally:
+            with contextlib.suppress(Exception):
+                await layer.group_discard(publish.RUNNER_GROUP, channel)
 
     async def start_service(self) -> None:
         become_subreaper()
@@ -294,12 +374,10 @@ class RunnerService:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            reason = f"runner {self.runner_id} shut down before the execution finished"
             for execution_id in left:
-                await self.control_db(
-                    services.abandon,
-                    execution_id,
-                    f"runner {self.runner_id} shut down before the execution finished",
-                )
+                await self.control_db(services.abandon, execution_id, reason)
+                await self.control_db(services.abandon_children, execution_id, reason)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

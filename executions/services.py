@@ -4,18 +4,20 @@ Each change writes its ExecutionEvent row in the same transaction and rings the 
 layer only after commit, so a subscriber never hears of a row it cannot read.
 """
 
-import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from executions import publish
+from executions.masking import Masker, parameter_secrets
 from executions.models import Action, Execution, ExecutionEvent, ExecutionStatus, Tenant
-from executions.models.actions import MASK
 from executions.models.executions import FINISHED_STATUSES
 from executions.parameters import ParameterError, validate_parameters
+
+if TYPE_CHECKING:
+    from executions.capture import Batch
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,15 @@ class NotCancelable(Exception):
     """The execution already finished."""
 
 
-def mask_value(value: Any, secrets: list[str]) -> Any:
-    """`value` (any JSON) with every secret string replaced by `********`."""
-    if not secrets or value is None:
-        return value
-    text = json.dumps(value)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(json.dumps(secret)[1:-1], MASK)
-    return json.loads(text)
+def mask_value(value: Any, secrets: list[Any]) -> Any:
+    """`value` (any JSON) with every secret hidden, walked so it stays valid JSON
+    (executions/masking.py). `secrets` are secret values of any JSON type."""
+    return Masker(secrets).value(value)
+
+
+def execution_secrets(execution: Execution) -> list[Any]:
+    """The execution's secret parameter values, typed as the run got them."""
+    return parameter_secrets(execution.parameters, execution.secret_parameters)
 
 
 def execution_payload(execution: Execution) -> dict[str, Any]:
@@ -54,8 +57,8 @@ def execution_payload(execution: Execution) -> dict[str, Any]:
         "tenant": execution.tenant.slug,
         "status": execution.status,
         "exit_code": execution.exit_code,
-        "result": mask_value(execution.result, execution.secret_values()),
-        "error": mask_value(execution.error, execution.secret_values()) or "",
+        "result": mask_value(execution.result, execution_secrets(execution)),
+        "error": mask_value(execution.error, execution_secrets(execution)) or "",
         "parameters": execution.masked_parameters(),
         "parent": execution.parent_id,
         "task_name": execution.task_name,
@@ -109,8 +112,13 @@ def create_execution(
     user=None,
     parent: Execution | None = None,
     task_name: str = "",
+    secret_names: set[str] | frozenset[str] = frozenset(),
 ) -> Execution:
-    """Validate the parameters and schedule a run; raises ParameterError or ActionUnavailable."""
+    """Validate the parameters and schedule a run; raises ParameterError or ActionUnavailable.
+
+    `secret_names`: parameters to treat as secret besides those the action declares (a
+    workflow task's parameters rendered from a secret of the workflow).
+    """
     if not action.enabled:
         raise ActionUnavailable(f"action {action.ref!r} is disabled")
     cleaned = validate_parameters(action.parameters, parameters)
@@ -123,7 +131,7 @@ def create_execution(
             runner_type=action.runner_type,
             tenant=tenant,
             parameters=cleaned,
-            secret_parameters=sorted(action.secret_parameter_names()),
+            secret_parameters=sorted(action.secret_parameter_names() | set(secret_names)),
             status=S.SCHEDULED,
             parent=parent,
             task_name=task_name,
@@ -143,16 +151,21 @@ def re_run(execution: Execution, *, user=None) -> Execution:
 
 
 def transition(
-    execution_id: str, to: str, *, allowed_from: tuple[str, ...], **fields: Any
+    execution_id: str,
+    to: str,
+    *,
+    allowed_from: tuple[str, ...],
+    where: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> Execution | None:
-    """Move an execution to `to` if it is in one of `allowed_from`; None when it was not.
+    """Move an execution to `to` if it is in one of `allowed_from` (and matches `where`);
+    None when it was not.
 
     A compare-and-set UPDATE, so two processes racing on one execution cannot both win.
     """
     with transaction.atomic():
-        changed = Execution.objects.filter(pk=execution_id, status__in=allowed_from).update(
-            status=to, **fields
-        )
+        candidates = Execution.objects.filter(pk=execution_id, status__in=allowed_from)
+        changed = candidates.filter(**(where or {})).update(status=to, **fields)
         if not changed:
             return None
         execution = Execution.objects.select_related("tenant").get(pk=execution_id)
@@ -215,8 +228,24 @@ def cancel(execution: Execution) -> Execution:
     raise NotCancelable(f"execution {execution.id} already finished ({execution.status})")
 
 
-def advance_last_seq(execution_id: str, last_seq: int) -> None:
-    Execution.objects.filter(pk=execution_id, last_seq__lt=last_seq).update(last_seq=last_seq)
+async def publish_output(execution: Execution, batch: "Batch") -> None:
+    """Ring the output groups for a batch the caller has committed (storage.store_batch).
+
+    Awaited by the runner's writer before the next batch is written, so rings go out in seq
+    order; a ring that fails is only logged (streams catch up from the log).
+    """
+    message = publish.stored_batch_message(execution, batch)
+    for group in publish.output_groups(execution):
+        await publish.agroup_send(group, message)
+
+
+def advance_last_seq(execution_id: str, last_seq: int, *, beat: bool = False) -> None:
+    """Move last_seq forward; `beat`: the runner storing output is alive, say so too (a busy
+    writer must never look dead while its heartbeat waits behind its own writes)."""
+    fields: dict[str, Any] = {"last_seq": last_seq}
+    if beat:
+        fields["heartbeat_at"] = timezone.now()
+    Execution.objects.filter(pk=execution_id, last_seq__lt=last_seq).update(**fields)
 
 
 def heartbeat(runner_id: str, execution_ids: list[str]) -> None:
@@ -225,14 +254,40 @@ def heartbeat(runner_id: str, execution_ids: list[str]) -> None:
     )
 
 
-def abandon(execution_id: str, reason: str) -> Execution | None:
+def abandon(execution_id: str, reason: str, *, stale_before=None) -> Execution | None:
+    """End a run whose runner is gone. `stale_before`: only if its heartbeat is still older
+    than that when the update runs (the runner may have beaten since it was found stale)."""
     return transition(
         execution_id,
         S.ABANDONED,
         allowed_from=(S.RUNNING, S.CANCELING),
+        where={"heartbeat_at__lt": stale_before} if stale_before else None,
         error=reason,
         finished_at=timezone.now(),
     )
+
+
+# A workflow's unfinished children end with it: they run only inside their parent's runner
+# (runners claim top-level executions only), so once it is gone nothing would ever run them.
+UNFINISHED = (S.REQUESTED, S.SCHEDULED, S.RUNNING, S.CANCELING)
+
+
+def abandon_children(parent_id: str, reason: str) -> list[str]:
+    """Abandon every unfinished descendant of a finished workflow; their ids."""
+    abandoned = []
+    children = Execution.objects.filter(parent_id=parent_id, status__in=UNFINISHED)
+    for child_id in list(children.values_list("pk", flat=True)):
+        done = transition(
+            child_id,
+            S.ABANDONED,
+            allowed_from=UNFINISHED,
+            error=reason,
+            finished_at=timezone.now(),
+        )
+        if done:
+            abandoned.append(child_id)
+        abandoned += abandon_children(child_id, reason)
+    return abandoned
 
 
 __all__ = [
@@ -240,12 +295,16 @@ __all__ = [
     "NotCancelable",
     "ParameterError",
     "abandon",
+    "abandon_children",
     "cancel",
     "claim",
     "create_execution",
     "execution_payload",
+    "execution_secrets",
     "finish",
     "heartbeat",
+    "mask_value",
+    "publish_output",
     "re_run",
     "transition",
 ]

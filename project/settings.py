@@ -58,12 +58,36 @@ else:
 # --- Channel layer ------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 CHANNEL_LAYER_CAPACITY = env.int("CHANNEL_LAYER_CAPACITY", default=1000)
+# redis-py 8 gives every connection a 5 s socket read timeout by default, exactly the 5 s that
+# channels-redis blocks in BZPOPMIN when `receive()` waits on an idle channel: the socket
+# timeout fires first and an idle receive raised redis TimeoutError (and dropped the
+# connection) every 5 s. The read timeout must exceed that block; it still bounds how long a
+# command waits on a Redis that stopped answering without closing the socket.
+REDIS_SOCKET_TIMEOUT_SECONDS = env.float("REDIS_SOCKET_TIMEOUT_SECONDS", default=15)
+# A ring (layer send) waits this long at most, then it is skipped and further rings are skipped
+# for the cooldown: the writer goes on storing output while Redis is away, and streams catch
+# up from the database (executions/publish.py).
+CHANNEL_LAYER_SEND_TIMEOUT_SECONDS = env.float("CHANNEL_LAYER_SEND_TIMEOUT_SECONDS", default=1)
+CHANNEL_LAYER_SEND_COOLDOWN_SECONDS = env.float("CHANNEL_LAYER_SEND_COOLDOWN_SECONDS", default=2)
 if REDIS_URL:
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    # A pooled connection that Redis dropped (a restart) fails its next command once; the
+    # pool's connections get no retry unless given one, so each stale connection cost a lost
+    # send or receive after every restart. One immediate retry on a fresh connection.
+    REDIS_RETRY = Retry(NoBackoff(), 1)
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+                        "retry": REDIS_RETRY,
+                    }
+                ],
                 # Separate installations (or parallel test runs) sharing one Redis.
                 "prefix": env.str("CHANNEL_LAYER_PREFIX", default="tailgate"),
                 # The layer is lossy and bounded: a channel holding `capacity` messages drops
@@ -72,8 +96,9 @@ if REDIS_URL:
                 # so these bound memory, not delivery.
                 "capacity": CHANNEL_LAYER_CAPACITY,
                 "expiry": 60,
-                # A consumer that died without group_discard leaves the group after a day.
-                "group_expiry": 86400,
+                # A web process's hub re-joins its groups every minute (streaming/hub.py), so
+                # one that died leaves its groups after this long, and nothing accumulates.
+                "group_expiry": env.int("CHANNEL_LAYER_GROUP_EXPIRY", default=300),
             },
         }
     }
@@ -86,11 +111,20 @@ else:
     }
 
 # --- Tailgate -----------------------------------------------------------------------------
+
+
+def _stream_limit(kind: str, name: str, default):
+    """STREAM_<name> from the environment; milestone 1 named these SSE_<name> (they govern
+    WebSocket and plain-text streams too), and that name is still read when the new one is unset."""
+    read = getattr(env, kind)
+    return read(f"STREAM_{name}", default=read(f"SSE_{name}", default=default))
+
+
 OUTPUT_TTL_DAYS = env.int("OUTPUT_TTL_DAYS", default=7)
 EXECUTION_TTL_DAYS = env.int("EXECUTION_TTL_DAYS", default=0)
 EVENT_RETENTION_HOURS = env.int("EVENT_RETENTION_HOURS", default=24)
 STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15)
-SSE_MAX_CONNECTIONS_PER_TENANT = env.int("SSE_MAX_CONNECTIONS_PER_TENANT", default=10)
+STREAM_MAX_CONNECTIONS_PER_TENANT = _stream_limit("int", "MAX_CONNECTIONS_PER_TENANT", 10)
 MAX_CHUNK_BYTES = env.int("MAX_CHUNK_BYTES", default=1024 * 1024)
 PACKS_DIRS = [Path(p) for p in env.list("PACKS_DIRS", default=[str(BASE_DIR / "packs")])]
 RUNNER_CONCURRENCY = env.int("RUNNER_CONCURRENCY", default=8)
@@ -98,16 +132,42 @@ RUNNER_HEARTBEAT_SECONDS = env.float("RUNNER_HEARTBEAT_SECONDS", default=2)
 RUNNER_ABANDON_GRACE_SECONDS = env.float("RUNNER_ABANDON_GRACE_SECONDS", default=30)
 RUNNER_POLL_SECONDS = env.float("RUNNER_POLL_SECONDS", default=1)
 RUNNER_SHUTDOWN_GRACE_SECONDS = env.float("RUNNER_SHUTDOWN_GRACE_SECONDS", default=30)
+# A runner retries an output write that fails (database restarting, connection killed) for
+# this long, the action held on its pipe meanwhile; past it the run ends `failed` with the
+# reason once the database is back (docs/guarantees.md).
+RUNNER_DB_OUTAGE_SECONDS = env.float("RUNNER_DB_OUTAGE_SECONDS", default=300)
 EMBEDDED_RUNNER = env.bool("EMBEDDED_RUNNER", default=True)
-# Stream connection limits (rbac/limits.py): superusers count too unless exempted; a slot is a
-# lease in Redis renewed while the stream lives, so a crashed web process frees its slots
-# after SSE_SLOT_TTL_SECONDS; the key prefix keeps installations sharing one Redis apart.
-SSE_LIMIT_EXEMPT_SUPERUSERS = env.bool("SSE_LIMIT_EXEMPT_SUPERUSERS", default=False)
-SSE_RETRY_AFTER_SECONDS = env.int("SSE_RETRY_AFTER_SECONDS", default=5)
-SSE_SLOT_TTL_SECONDS = env.float("SSE_SLOT_TTL_SECONDS", default=30)
-SSE_LIMIT_KEY_PREFIX = env.str("SSE_LIMIT_KEY_PREFIX", default="tailgate:streams")
-# Open streams re-check their caller's access this often (revocation is live within 5 s).
-STREAM_ACCESS_RECHECK_SECONDS = env.float("STREAM_ACCESS_RECHECK_SECONDS", default=2)
+# Stream connection limits (rbac/limits.py), for SSE, plain-text and WebSocket streams alike:
+# superusers count too unless exempted; a slot is a lease in Redis renewed while the stream
+# lives, so a crashed web process frees its slots after STREAM_SLOT_TTL_SECONDS; the key prefix
+# keeps installations sharing one Redis apart.
+STREAM_LIMIT_EXEMPT_SUPERUSERS = _stream_limit("bool", "LIMIT_EXEMPT_SUPERUSERS", False)
+STREAM_RETRY_AFTER_SECONDS = _stream_limit("int", "RETRY_AFTER_SECONDS", 5)
+STREAM_SLOT_TTL_SECONDS = _stream_limit("float", "SLOT_TTL_SECONDS", 30)
+STREAM_LIMIT_KEY_PREFIX = _stream_limit("str", "LIMIT_KEY_PREFIX", "tailgate:streams")
+# Per principal (a user, or one API key), below the per-tenant limit so no single member or
+# key fills their tenant alone; the tenant limit counts only the tenant's role holders.
+STREAM_MAX_CONNECTIONS_PER_PRINCIPAL = _stream_limit("int", "MAX_CONNECTIONS_PER_PRINCIPAL", 5)
+# The limiter's Redis pool per web process: a blocking pool (load waits, never a 500). One
+# acquire is one round trip, so 20 connections pass thousands of stream starts a second; a
+# start that finds no connection within the wait answers 429 with Retry-After.
+STREAM_LIMIT_REDIS_POOL_SIZE = env.int("STREAM_LIMIT_REDIS_POOL_SIZE", default=20)
+STREAM_LIMIT_REDIS_WAIT_SECONDS = env.float("STREAM_LIMIT_REDIS_WAIT_SECONDS", default=5)
+# Revocation is pushed (rbac/signals.py rings, streams re-check at once); this is the safety
+# net for a lost doorbell: one re-check per principal per web process, whatever its streams.
+STREAM_ACCESS_RECHECK_SECONDS = env.float("STREAM_ACCESS_RECHECK_SECONDS", default=15)
+# Backpressure (streaming/flow.py): what a stream may have written that its client has not
+# taken yet, and how long a client may read nothing before it is disconnected.
+STREAM_SEND_BUFFER_BYTES = env.int("STREAM_SEND_BUFFER_BYTES", default=1024 * 1024)
+STREAM_STALL_SECONDS = env.float("STREAM_STALL_SECONDS", default=60)
+# A web process leaves a layer group this long after its last stream of it ended: a client
+# that reconnects at once (the usual case after a network blip) finds it still joined.
+STREAM_GROUP_LINGER_SECONDS = env.float("STREAM_GROUP_LINGER_SECONDS", default=5)
+# With this many streams in a web process, the hub wakes them every STREAM_COALESCE_SECONDS
+# rather than per message (streaming/hub.py): one wake-up and one write per stream per tick,
+# at the cost of at most that much latency; fewer streams are woken at once.
+STREAM_COALESCE_MIN_STREAMS = env.int("STREAM_COALESCE_MIN_STREAMS", default=100)
+STREAM_COALESCE_SECONDS = env.float("STREAM_COALESCE_SECONDS", default=0.05)
 
 # --- Django -------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -132,6 +192,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Refuses NUL, oversized bodies and too many fields with a 4xx before any view runs.
+    "executions.api.edge.EdgeGuardMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -147,6 +209,8 @@ AUTHENTICATION_BACKENDS = [
 ]
 
 ROOT_URLCONF = "project.urls"
+# Database sessions that refuse keys Django never issues (a NUL in a forged cookie was a 500).
+SESSION_ENGINE = "rbac.sessions"
 ASGI_APPLICATION = "project.asgi.application"
 WSGI_APPLICATION = None
 

@@ -185,6 +185,14 @@ def visible_tenants(user) -> QuerySet[Tenant]:
     )
 
 
+def granted_tenants(user) -> QuerySet[Tenant] | None:
+    """The tenants `user` sees anything in; None means every tenant (a superuser, or a grant
+    on every tenant): a list then needs no tenant filter."""
+    if user.is_superuser or tenant_scope(user) is None:
+        return None
+    return visible_tenants(user)
+
+
 def granting_tenants(user) -> QuerySet[Tenant]:
     """The tenants `user` may give others access to (admin role), as one query."""
     if not _is_active_user(user):
@@ -275,19 +283,16 @@ class StreamScope:
             return True
         return False
 
+    def learn(self, execution_id: str) -> None:
+        """Remember an execution a read found visible (a child whose creation came late)."""
+        if len(self.execution_ids) < STREAM_SCOPE_MAX_EXECUTIONS:
+            self.execution_ids.add(execution_id)
+
     def followed_tenant_ids(self) -> frozenset[int]:
         """The tenants whose groups a stream joins (all of them for `*` and superusers)."""
         if self.all_tenants:
             return frozenset(Tenant.objects.values_list("pk", flat=True))
         return self.tenant_ids | self.granted_tenant_ids
-
-    def same_access(self, other: "StreamScope") -> bool:
-        """False when a refresh took something away (or added something)."""
-        return (
-            self.all_tenants == other.all_tenants
-            and self.tenant_ids == other.tenant_ids
-            and self.granted_tenant_ids == other.granted_tenant_ids
-        )
 
 
 def stream_scope(user, *, api_key=None) -> StreamScope | None:
@@ -336,3 +341,67 @@ def stream_tenant_ids(user) -> frozenset[int | None]:
         return frozenset(tenant_ids)
     granted = Execution.objects.filter(pk__in=_granted_tree_sql(user.pk))
     return frozenset(granted.values_list("tenant_id", flat=True).distinct())
+
+
+def visible_among(user, execution_ids: frozenset[str], *, api_key=None) -> frozenset[str]:
+    """Which of `execution_ids` the caller (with `api_key`) may still see. One query, fresh:
+    the user active, the key usable, and a grant, permission or superuser status."""
+    if not execution_ids:
+        return frozenset()
+    principal = _principal(user.pk, _api_key_id(user, api_key))
+    visible = Execution.objects.filter(pk__in=execution_ids).filter(
+        Q(Exists(principal.filter(is_superuser=True)))
+        | (Q(Exists(principal)) & _visible_q(user.pk))
+    )
+    return frozenset(visible.values_list("pk", flat=True))
+
+
+def session_still_valid(user_id: int, session_key: str) -> bool:
+    """Does the session still exist, unexpired, for this user, with the current password?
+
+    The test Django's auth middleware applies on each request, applied to a stream that
+    outlives its request: logout deletes the session, a password change alters the hash.
+    """
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
+    from django.utils.crypto import constant_time_compare
+
+    data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
+    if str(data.get(SESSION_KEY)) != str(user_id):
+        return False
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    session_hash = data.get(HASH_SESSION_KEY)
+    if user is None or not session_hash:
+        return False
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    return any(constant_time_compare(session_hash, known) for known in hashes)
+
+
+def credentials_expire_at(*, session_key: str | None = None, api_key_id: int | None = None):
+    """When a session or an API key ends by itself (None: never, or it is gone). Sessions
+    live in the database (rbac/sessions.py): the row's `expire_date`, moved on each save."""
+    from django.contrib.sessions.models import Session
+
+    from rbac.models import ApiKey
+
+    if api_key_id is not None:
+        keys = ApiKey.objects.filter(pk=api_key_id).values_list("expires_at", flat=True)
+        return keys.first()
+    if session_key is not None:
+        rows = Session.objects.filter(session_key=session_key)
+        return rows.values_list("expire_date", flat=True).first()
+    return None
+
+
+def forget_execution_permissions(execution_ids: list[str]) -> None:
+    """Delete guardian's generic permission rows on these executions (the direct-FK tables
+    go with the rows by cascade): what purging executions must do, said where permissions
+    are decided."""
+    from django.contrib.contenttypes.models import ContentType
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    content_type = ContentType.objects.get_for_model(Execution)
+    for generic in (UserObjectPermission, GroupObjectPermission):
+        generic.objects.filter(content_type=content_type, object_pk__in=execution_ids).delete()

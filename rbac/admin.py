@@ -6,6 +6,7 @@ The executions app registers its own Tenant, Execution and Action admins; this m
 so that app stays free of rbac concerns.
 """
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
@@ -50,10 +51,48 @@ class GroupTenantGrantInline(UserTenantGrantInline):
     fk_name = "group"
 
 
+class ExactNameChoiceField(forms.ModelChoiceField):
+    """A user or group typed by exact name: a text box, never a list of every name.
+
+    The choices are the whole table, but a TextInput does not render them, and a value is
+    looked up only when submitted (one query, exact match)."""
+
+    widget = forms.TextInput
+
+    def __init__(self, queryset, name_field: str, **kwargs):
+        super().__init__(queryset, to_field_name=name_field, **kwargs)
+        self.error_messages["invalid_choice"] = f"There is no {name_field} with this exact name."
+
+
+class TenantGrantForm(forms.ModelForm):
+    """The tenant admin's grant row. A tenant admin must not learn the names of every user
+    and group of the installation (issue 12, item 8): they type the exact username or group
+    name of the person they grant to; existing rows show their own grantee's name."""
+
+    user = ExactNameChoiceField(
+        User.objects.all(), User.USERNAME_FIELD, required=False, help_text="exact username"
+    )
+    group = ExactNameChoiceField(
+        Group.objects.all(), "name", required=False, help_text="exact group name"
+    )
+
+    class Meta:
+        model = TenantGrant
+        fields = ["user", "group", "role"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.user_id:
+            self.initial["user"] = self.instance.user.get_username()
+        if self.instance.group_id:
+            self.initial["group"] = self.instance.group.name
+
+
 class TenantGrantOnTenantInline(admin.TabularInline):
     """Grants on one tenant; its admins (not only superusers) manage them here."""
 
     model = TenantGrant
+    form = TenantGrantForm
     fk_name = "tenant"
     fields = ["user", "group", "role", "created_at"]
     readonly_fields = ["created_at"]
@@ -61,7 +100,9 @@ class TenantGrantOnTenantInline(admin.TabularInline):
     verbose_name = "grant"
 
     def _may_grant(self, request, obj) -> bool:
-        return obj is not None and can_grant(request.user, obj)
+        if obj is None:  # the inline's queryset check: the rows are this tenant's anyway
+            return _grants_somewhere(request) or request.user.is_superuser
+        return can_grant(request.user, obj)
 
     def has_view_permission(self, request, obj=None) -> bool:
         return self._may_grant(request, obj)
@@ -150,6 +191,8 @@ class GrantingMixin(GuardedModelAdminMixin):
     """
 
     granted_codenames: tuple[str, ...] = ()
+    # The change form that admin/rbac/granting_change_form.html (the "Object permissions" link) extends.
+    base_change_form_template = "admin/change_form.html"
 
     def may_grant(self, request, object_pk) -> bool:
         raise NotImplementedError
@@ -182,9 +225,15 @@ class GrantingMixin(GuardedModelAdminMixin):
             return True
         return super().has_change_permission(request, obj)  # type: ignore[misc]  # ModelAdmin's
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), "may_grant": self.may_grant(request, object_id)}
-        return super().change_view(request, object_id, form_url, extra_context)
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        # Both the add and the change form render through here (the add form has no object,
+        # so nothing to grant on yet); the template extends the model's own form.
+        context = {
+            **context,
+            "may_grant": obj is not None and self.may_grant(request, obj.pk),
+            "base_change_form": self.base_change_form_template,
+        }
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
 
 class VisibleTenantFilter(admin.RelatedFieldListFilter):
@@ -204,7 +253,8 @@ class ExecutionAdmin(GrantingMixin, executions_admin.ExecutionAdmin):
     """The executions admin, showing each user only what they may see."""
 
     # guardian annotates it as an instance variable, django-stubs as a class variable
-    change_form_template = "admin/rbac/execution/change_form.html"  # type: ignore[misc]
+    change_form_template = "admin/rbac/granting_change_form.html"  # type: ignore[misc]
+    base_change_form_template = "admin/executions/execution/change_form.html"
     granted_codenames = (EXECUTION_VIEW,)
 
     def get_queryset(self, request):
@@ -238,7 +288,7 @@ def _sees_executions(request) -> bool:
 class ActionAdmin(GrantingMixin, executions_admin.ActionAdmin):
     """Actions are shared by all tenants: only who grants on every tenant grants on them."""
 
-    change_form_template = "admin/rbac/action/change_form.html"  # type: ignore[misc]
+    change_form_template = "admin/rbac/granting_change_form.html"  # type: ignore[misc]
     granted_codenames = (ACTION_EXECUTE,)
 
     def may_grant(self, request, object_pk) -> bool:

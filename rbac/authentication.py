@@ -22,7 +22,9 @@ class BadCredentials(Exception):
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
     """The API key a request presents, None when it presents none.
 
-    An `Authorization` header with another scheme (Basic, …) is not ours and is ignored.
+    An `Authorization` header with another scheme (Basic, …) is not ours and is ignored. A key
+    that is not printable ASCII cannot be one we issued: refused before any database lookup
+    (a NUL would reach PostgreSQL as a DataError).
     """
     from_bearer = None
     if authorization:
@@ -36,7 +38,10 @@ def presented_key(authorization: str | None, x_api_key: str | None) -> str | Non
         raise BadCredentials("The X-API-Key header is empty.")
     if from_bearer and from_header and from_bearer != from_header:
         raise BadCredentials("Authorization and X-API-Key carry different keys.")
-    return from_bearer or from_header
+    key = from_bearer or from_header
+    if key is not None and not (key.isascii() and key.isprintable()):
+        raise BadCredentials(INVALID_KEY)
+    return key
 
 
 def authenticate_key(authorization: str | None, x_api_key: str | None) -> ApiKey | None:

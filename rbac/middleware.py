@@ -4,7 +4,8 @@ It sets, for HTTP (SSE, plain-text output) and WebSocket scopes alike:
 
 - `scope["user"]`: the User, or AnonymousUser;
 - `scope["api_key"]`: the ApiKey that authenticated the call, or None;
-- `scope["auth_error"]`: why presented credentials were refused (safe to show), or None.
+- `scope["auth_error"]`: why presented credentials were refused (safe to show), or None;
+- `scope["bad_host"]`: set when the `Host` is not in ALLOWED_HOSTS (streams answer 400).
 
 Credentials, in order: an API key (`Authorization: Bearer …` or `X-API-Key: …`; a presented
 key that does not authenticate leaves the caller anonymous, it never falls back to the
@@ -125,6 +126,7 @@ async def authenticate_scope(scope) -> None:
     scope["user"], scope["api_key"], scope["auth_error"] = AnonymousUser(), None, None
     if request_host(scope) is None:
         scope["auth_error"] = "This host name is not served here."
+        scope["bad_host"] = True  # answered 400, as Django answers a disallowed Host
         return
     try:
         authorization = _single_header(scope, b"authorization")

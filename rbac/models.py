@@ -1,3 +1,6 @@
+"""Access control's tables: tenant grants (roles), django-guardian object permissions with
+direct foreign keys, and API keys (only their hash is stored)."""
+
 import hashlib
 import hmac
 import secrets
@@ -179,9 +182,3 @@ class ApiKey(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
-
-    @property
-    def is_usable(self) -> bool:
-        if self.revoked_at is not None or not self.user.is_active:
-            return False
-        return self.expires_at is None or self.expires_at > timezone.now()

@@ -13,20 +13,34 @@ its last batch, so the log always holds what a message or a status announces.
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from django.conf import settings
-
-from streaming.db import run_db
-from streaming.frames import Frame, done_frame, gap_frame, output_frame
-from streaming.live import LiveFeed, Message, Overflow
+from streaming.direct import DirectSink, batch_frames, continuing, encode_batches
+from streaming.frames import Frame, done_frame, gap_frame
+from streaming.live import IDLE_FOREVER as IDLE_FOREVER  # re-exported (streaming/family.py)
+from streaming.live import Control, LiveFeed, Message, Overflow
+from streaming.pages import ChunkPage
 from streaming.params import OutputWindow
-from streaming.replay import PAGE_ROWS, OutputState, output_state, read_chunks
+from streaming.replay import PAGE_ROWS, OutputState
+from streaming.shared_reads import prefetch_rows, shared_page, shared_rows, shared_state
 
-Send = Callable[[list[Frame]], Awaitable[None]]
+# What a stream writes: Frames, and ChunkPages only to a sender that asked for `page_kind`
+# (so `Any`: a WebSocket's sender, which takes Frames alone, is one too).
+Send = Callable[[list[Any]], Awaitable[None]]
+# Frames collected from the inbox before they are written, at most: one write for a burst,
+# bounded memory for a stream that never finds its inbox empty.
+FLUSH_FRAMES = 1000
 
 
 class AccessRevoked(Exception):
-    """The caller may no longer see the execution (or it is gone): stop delivering."""
+    """The caller may no longer see the execution (or it is gone): stop delivering.
+
+    `str(exc)` says why, in words fit for the client; `status` is 404 when this stream's
+    subject went out of sight, 401 when the caller no longer authenticates at all."""
+
+    def __init__(self, reason: str, status: int = 404):
+        super().__init__(reason)
+        self.status = status
 
 
 def replay_start(window: OutputWindow, last_seq: int) -> tuple[int, tuple[int, int, str] | None]:
@@ -54,8 +68,25 @@ class OutputCursor:
     """Runs one execution's stream until `done` (returns) or revocation (AccessRevoked).
 
     `live` must already be subscribed to the execution's group, and `state` read after that.
-    `allowed` (sync, run in the stream pool) re-checks the caller's access.
+    Revocation and lost final statuses come as control items from the access guard; a
+    `keepalive` (if given) is awaited whenever nothing was sent for STREAM_KEEPALIVE_SECONDS.
+    Frames are collected while the inbox has more, then sent in one write. With a
+    `page_kind` (streaming/pages.py: FULL for SSE, TEXT for plain text) the log is read and
+    sent as ChunkPages, which the sender encodes a page at a time. With a `sink`, the hub
+    may write live batches for it while it waits (streaming/direct.py).
     """
+
+    __slots__ = (
+        "_out",
+        "keepalive",
+        "live",
+        "page_kind",
+        "position",
+        "send",
+        "sink",
+        "state",
+        "window",
+    )
 
     def __init__(
         self,
@@ -63,87 +94,134 @@ class OutputCursor:
         window: OutputWindow,
         live: LiveFeed,
         send: Send,
-        allowed: Callable[[], bool],
+        keepalive: Callable[[], Awaitable[None]] | None = None,
+        page_kind: str | None = None,
+        sink: DirectSink | None = None,
     ):
         self.state = state
         self.window = window
         self.live = live
         self.send = send
-        self.allowed = allowed
+        self.keepalive = keepalive
+        self.page_kind = page_kind
+        self.sink = sink
         self.position = 0
+        self._out: list[Frame | ChunkPage] = []
 
     async def run(self) -> None:
         await self._replay()
-        recheck_at = time.monotonic() + settings.STREAM_ACCESS_RECHECK_SECONDS
+        if self.sink is not None:
+            self.live.write_directly(self._deliver_direct)
         while not await self._finish_if_done():
-            if time.monotonic() >= recheck_at:
-                await self._recheck()
-                recheck_at = time.monotonic() + settings.STREAM_ACCESS_RECHECK_SECONDS
-            item = await self.live.inbox.get(recheck_at - time.monotonic())
-            if isinstance(item, Overflow):
-                await self._refresh()
-            elif item is not None and item["type"] == "output.batch":
-                await self._on_batch(item)
-            elif item is not None and item["type"] == "execution.event":
-                # The status changed (maybe finished): its row now has the final last_seq.
-                await self._refresh()
+            for item in await self.live.inbox.take(self.keepalive):
+                await self._handle(item)
+                if len(self._out) >= FLUSH_FRAMES:
+                    await self._flush()  # a long burst still goes out in bounded writes
+            await self._flush()
+
+    async def _handle(self, item: Message | Overflow | Control) -> None:
+        if isinstance(item, Control):
+            await self._on_control(item)
+        elif isinstance(item, Overflow):
+            await self._refresh()
+        elif item["type"] == "output.batch":
+            await self._on_batch(item)
+        elif item["type"] == "execution.event":
+            # The status changed (maybe finished): its row now has the final last_seq.
+            await self._refresh(not_before=item.get("received_at"))
+
+    async def _on_control(self, control: Control) -> None:
+        if control.kind == "access":
+            verdict = control.value
+            reason = verdict.revoked(self.state.execution_id)
+            if reason is not None:
+                await self._flush()
+                raise AccessRevoked(reason, 404 if verdict.allowed else 401)
+            await self._refresh(verdict.states.get(self.state.execution_id))
+        else:  # resync: the layer may have lost messages
+            await self._refresh()
+
+    def _emit(self, frames: list[Frame]) -> None:
+        self._out.extend(frames)
+
+    async def _flush(self) -> None:
+        if self._out:
+            frames, self._out = self._out, []
+            await self.send(frames)
 
     async def _replay(self) -> None:
         start, skipped = replay_start(self.window, self.state.last_seq)
         self.position = start - 1
         if skipped:
-            await self.send([gap_frame(self.state.execution_id, *skipped)])
+            self._emit([gap_frame(self.state.execution_id, *skipped)])
         await self._catch_up(self.state.last_seq)
+        await self._flush()
 
     async def _catch_up(self, upto: int) -> None:
         """Send every chunk with position < seq <= upto from the log, a page at a time."""
         if self.state.output_purged_at is not None:
             return
         while self.position < upto:
-            chunks = await run_db(
-                read_chunks, self.state, self.position, upto, self.window.output_type
-            )
-            if chunks:
-                await self.send([output_frame(chunk) for chunk in chunks])
+            self.position = await self._send_page(upto)
+
+    async def _send_page(self, upto: int) -> int:
+        """Send the next page of the log up to `upto`; the position it covers."""
+        wanted = self.window.output_type
+        if self.page_kind is not None:
+            page = await shared_rows(self.state, self.position, upto, wanted, self.page_kind)
+            if page.full:
+                prefetch_rows(self.state, page.last_seq, upto, wanted, self.page_kind)
+            if page:
+                self._out.append(page)
+            await self._flush()
             # A short page means nothing more up to `upto` (of this type, if filtered).
-            self.position = chunks[-1]["seq"] if len(chunks) == PAGE_ROWS else upto
+            return page.last_seq if page.full else upto
+        frames = await shared_page(self.state, self.position, upto, wanted)
+        self._emit(frames)
+        await self._flush()  # a page at a time: memory stays bounded, the client sees it
+        return frames[-1].data["seq"] if len(frames) == PAGE_ROWS else upto
 
     async def _on_batch(self, message: Message) -> None:
-        first, last, chunks = message["first_seq"], message["last_seq"], message["chunks"]
+        last = message["last_seq"]
         if last <= self.position:
             return  # already sent (replayed, or a duplicate)
-        if chunks is None or first > self.position + 1:
+        frames = batch_frames(message, self.position, self.window.output_type)
+        if frames is None:
             await self._catch_up(last)  # too big to inline, or the layer lost a batch
             return
-        wanted = self.window.output_type
-        fresh = [
-            output_frame(chunk)
-            for chunk in chunks
-            if chunk["seq"] > self.position and (wanted is None or chunk["output_type"] == wanted)
-        ]
-        if fresh:
-            await self.send(fresh)
+        self._emit(frames)
         self.position = last
 
-    async def _refresh(self, state: OutputState | None = None) -> None:
+    def _deliver_direct(self, messages: list[Message], shared: dict) -> int:
+        """The hub's tick (streaming/direct.py): while this stream waits with an empty inbox
+        and a client that reads, write the leading batches of `messages` that continue the
+        position at once. Returns how many it took; the hub puts the rest in the inbox."""
+        assert self.sink is not None
+        inbox = self.live.inbox
+        if not inbox.parked() or inbox.peek() is not None or not self.sink.flow.writable():
+            return 0
+        start = self.position
+        taken, self.position = continuing(messages, start)
+        if taken:
+            wanted = self.window.output_type
+            body = encode_batches(self.sink, messages[:taken], start, wanted, shared)
+            if body:
+                self.sink.flow.write_now(body)
+                self.sink.clock.wrote()
+        return taken
+
+    async def _refresh(
+        self, state: OutputState | None = None, not_before: float | None = None
+    ) -> None:
         if state is None:
-            state = await run_db(output_state, self.state.execution_id)
+            if not_before is None:
+                not_before = time.monotonic()
+            state = await shared_state(self.state.execution_id, not_before)
         if state is None:
-            raise AccessRevoked(self.state.execution_id)
+            await self._flush()
+            raise AccessRevoked("The execution no longer exists.")
         self.state = state
         await self._catch_up(state.last_seq)
-
-    async def _recheck(self) -> None:
-        """Revocation, and a safety net: a lost final doorbell still ends the stream."""
-
-        def check() -> OutputState | None:
-            return output_state(self.state.execution_id) if self.allowed() else None
-
-        state = await run_db(check)
-        if state is None:
-            raise AccessRevoked(self.state.execution_id)
-        await self.live.renew()
-        await self._refresh(state)
 
     async def _finish_if_done(self) -> bool:
         state = self.state
@@ -152,8 +230,8 @@ class OutputCursor:
         if self.position < state.last_seq:
             if state.output_purged_at is None:
                 return False  # more to read: the next doorbell or re-check brings it
-            gap = gap_frame(state.execution_id, self.position + 1, state.last_seq, "purged")
-            await self.send([gap])
+            self._emit([gap_frame(state.execution_id, self.position + 1, state.last_seq, "purged")])
             self.position = state.last_seq
-        await self.send([done_frame(state.execution_id, state.done_data())])
+        self._emit([done_frame(state.execution_id, state.done_data())])
+        await self._flush()
         return True

@@ -67,6 +67,12 @@ def output_state(execution_id: str) -> OutputState | None:
     return None if row is None else OutputState(*row)
 
 
+def output_states(execution_ids: frozenset[str]) -> dict[str, OutputState]:
+    """The current state of each execution that still exists, in one query."""
+    rows = Execution.objects.filter(pk__in=execution_ids).values_list(*_STATE_FIELDS)
+    return {row[0]: OutputState(*row) for row in rows}
+
+
 def chunk_payload(
     state: OutputState, seq: int, output_type: str, data: str, timestamp: datetime
 ) -> dict[str, Any]:

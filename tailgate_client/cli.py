@@ -1,249 +1,229 @@
-"""`tailgate`: run actions and follow their output from a terminal.
+"""`tailgate`: run actions and follow their output from a terminal, as `st2` does.
 
-    tailgate run examples.print_lines count=5 delay=0.2 --tail
-    tailgate execution tail last [--type stdout] [--include-metadata]
-    tailgate execution list [--status running] [--action examples.build]
-    tailgate execution get ID [-j]
-    tailgate execution cancel ID · tailgate execution re-run ID [--tail]
-    tailgate action list
+    tailgate run examples.print_lines count=5 delay=0.2     waits, then shows the execution
+    tailgate run examples.print_lines count=5 --tail        follows the output live
+    tailgate run core.local cmd=make -a                     returns at once (async)
+    tailgate run examples.print_lines -h                    the action's parameters
+    tailgate execution list [--status S] [--action A] [--tenant T] [--parent ID] [-n N]
+    tailgate execution get ID|last · output ID|last [--type T] · children ID
+    tailgate execution tail [ID|last] [--type T] [--include-metadata]
+    tailgate execution cancel ID… · re-run ID [--tail] [-a]
+    tailgate action list [--pack P] · action get REF
+    tailgate tenant list · tenant get SLUG
+    tailgate key list · key get ID · key create NAME [--expires-in-days N] · key revoke ID…
 
-The server is TAILGATE_URL (default http://127.0.0.1:8000), the key TAILGATE_API_KEY (or
---url / --api-key). `tail` exits 0 when the execution succeeded and 1 otherwise.
+Listing and showing commands take -j/--json, -y/--yaml, -a/--attr ATTR… (dotted paths,
+`all`) and -w/--width N…; on run and re-run, -a means --async (as in st2) and --attr is long.
+
+The server, the stream server and the key come from --url, --stream-url, --api-key, else
+TAILGATE_URL, TAILGATE_STREAM_URL, TAILGATE_API_KEY, else ~/.config/tailgate/config.
+Exit status: 0 done (run/tail: the execution succeeded), 1 the execution did not succeed,
+2 an error (one line on stderr), 130 interrupted (Ctrl-C).
 """
 
 import argparse
-import json
+import os
 import sys
-from typing import Any
 
-import httpx
+from tailgate_client import commands
+from tailgate_client.client import Client
+from tailgate_client.config import ConfigError
+from tailgate_client.errors import (
+    ApiError,
+    AuthenticationFailed,
+    ServerError,
+    ServerUnreachable,
+    TailgateError,
+    TooManyRequests,
+    ValidationFailed,
+)
+from tailgate_client.parameters import ParameterSyntaxError
 
-from tailgate_client.client import ApiError, Client
+__all__ = ["build_parser", "main"]
 
-FINISHED = {"succeeded", "failed", "timeout", "canceled", "abandoned"}
-
-
-def parse_parameters(pairs: list[str]) -> dict[str, Any]:
-    """`name=value` pairs; a value that parses as JSON (numbers, lists, booleans) is taken as such."""
-    parameters: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"tailgate: parameter {pair!r} must look like name=value")
-        try:
-            parameters[name] = json.loads(value)
-        except json.JSONDecodeError:
-            parameters[name] = value
-    return parameters
-
-
-def _write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+OUTPUT_TYPES = ["stdout", "stderr", "other"]
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
-def _print_output(event, include_metadata: bool) -> None:
-    data = event.data
-    if include_metadata:
-        _write(f"[{data['timestamp']}][{data['output_type']}] {data['data']}")
-    else:
-        _write(data["data"])
+def _connection_options(top: bool) -> argparse.ArgumentParser:
+    """--url/--stream-url/--api-key, before or after the command (top level sets defaults)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--url", default=default, help="server URL ($TAILGATE_URL)")
+    parser.add_argument(
+        "--stream-url", default=default, help="stream server URL ($TAILGATE_STREAM_URL)"
+    )
+    parser.add_argument("--api-key", default=default, help="API key ($TAILGATE_API_KEY)")
+    return parser
 
 
-def _follow(client: Client, execution_id: str, args) -> dict[str, Any]:
-    """Print one execution's output from its first line until it ends; its final status."""
-    final = None
-    for event in client.follow_output(execution_id, args.type):
-        if event.event == "execution.output__create":
-            _print_output(event, args.include_metadata)
-        elif event.event == "gap":
-            skipped = event.data["to_seq"] - event.data["from_seq"] + 1
-            sys.stderr.write(
-                f"[{skipped} earlier lines not shown ({event.data.get('reason')}); "
-                f"the whole log: tailgate execution output {execution_id}]\n"
-            )
-        elif event.event == "done":
-            final = event.data
-    return final or {}
+def _format_options(attr_short: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("-j", "--json", action="store_true", help="print JSON")
+    kind.add_argument("-y", "--yaml", action="store_true", help="print YAML")
+    names = ["-a", "--attr"] if attr_short else ["--attr"]
+    parser.add_argument(
+        *names, nargs="+", metavar="ATTR", help="only these attributes (dotted paths, or all)"
+    )
+    parser.add_argument("-w", "--width", nargs="+", type=int, metavar="N", help="column widths")
+    return parser
 
 
-def tail(client: Client, args) -> int:
-    """StackStorm's `st2 execution tail`, with backfill, resume and workflow children."""
-    execution = client.execution(args.id)
-    execution_id = execution["id"]
-    if execution["status"] not in FINISHED:
-        _write(f"Execution {execution_id} has started.\n\n")
-    if execution["runner_type"] == "workflow":
-        _follow_children(client, execution_id, args)
-    final = _follow(client, execution_id, args) if execution["runner_type"] != "workflow" else {}
-    execution = client.execution(execution_id)
-    if execution.get("output_purged_at"):
-        _write(f"(output purged on {execution['output_purged_at']})\n")
-    status = final.get("status") or execution["status"]
-    _write(f"\nExecution {execution_id} has completed (status={status}).\n")
-    return 0 if status == "succeeded" else 1
+def _tail_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--type", choices=OUTPUT_TYPES, help="only this output stream")
+    parser.add_argument(
+        "--include-metadata", action="store_true", help="print each line as [timestamp][type] data"
+    )
+    return parser
 
 
-def _follow_children(client: Client, execution_id: str, args) -> None:
-    """Follow a workflow's children one by one, each from its first line."""
-    followed: set[str] = set()
-    while True:
-        pending = [c for c in client.children(execution_id) if c["id"] not in followed]
-        if not pending:
-            if client.execution(execution_id)["status"] in FINISHED:
-                return
-            _wait_for_child(client, execution_id, followed)
-            continue
-        child = pending[0]
-        followed.add(child["id"])
-        task = child.get("task_name") or child["action_ref"]
-        _write(f"Child execution (task={task}) {child['id']} has started.\n\n")
-        final = _follow(client, child["id"], args)
-        status = final.get("status") or client.execution(child["id"])["status"]
-        _write(f"\nChild execution (task={task}) {child['id']} has finished (status={status}).\n")
-
-
-def _wait_for_child(client: Client, execution_id: str, followed: set[str]) -> None:
-    """Wait for the workflow's next child or its end, on the workflow's own output stream."""
-    for event in client.follow_output(execution_id, "other"):
-        if event.event == "done":
-            return
-        if "started" in event.data.get("data", "") and any(
-            c["id"] not in followed for c in client.children(execution_id)
-        ):
-            return
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    widths = [max([len(c)] + [len(str(r.get(c) or "")) for r in rows]) for c in columns]
-    _write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + "\n")
-    for row in rows:
-        cells = [str(row.get(c) if row.get(c) is not None else "") for c in columns]
-        _write("  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)) + "\n")
+def _start_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "-a", "--async", dest="run_async", action="store_true", help="do not wait: print its id"
+    )
+    mode.add_argument("--tail", action="store_true", help="follow its output until it ends")
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tailgate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="tailgate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_connection_options(top=True)],
     )
-    parser.add_argument("--url", help="server URL (default $TAILGATE_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--api-key", help="API key (default $TAILGATE_API_KEY)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands_ = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    connection, shows = _connection_options(top=False), _format_options()
+    starts = [connection, _start_options(), _tail_options(), _format_options(attr_short=False)]
 
-    run = commands.add_parser("run", help="run an action")
-    run.add_argument("action", help="action ref, pack.name")
-    run.add_argument("parameters", nargs="*", help="name=value pairs")
-    run.add_argument("--tenant")
-    run.add_argument("--tail", action="store_true", help="follow the output until it ends")
-    _add_tail_options(run)
+    def add(group, name, handler, help, parents):
+        sub = group.add_parser(name, help=help, description=help, parents=parents)
+        sub.set_defaults(handler=handler, parser=sub)
+        return sub
 
-    execution = commands.add_parser("execution", help="list, show, tail, cancel, re-run")
-    sub = execution.add_subparsers(dest="subcommand", required=True)
-    tail_cmd = sub.add_parser("tail", help="print output as it is produced, until the end")
-    tail_cmd.add_argument("id", nargs="?", default="last", help="execution id or `last`")
-    _add_tail_options(tail_cmd)
-    output = sub.add_parser("output", help="print the whole output so far")
-    output.add_argument("id", nargs="?", default="last")
-    output.add_argument("--type", choices=["stdout", "stderr", "other"])
-    listing = sub.add_parser("list", help="newest executions first")
-    listing.add_argument("--status")
-    listing.add_argument("--action")
-    listing.add_argument("--tenant")
-    listing.add_argument("-n", "--limit", type=int, default=20)
-    get = sub.add_parser("get", help="one execution")
-    get.add_argument("id", nargs="?", default="last")
-    get.add_argument("-j", "--json", action="store_true")
-    cancel = sub.add_parser("cancel", help="cancel (kills the whole process tree)")
-    cancel.add_argument("id")
-    rerun = sub.add_parser("re-run", help="run again with the same parameters")
+    run = commands_.add_parser(
+        "run", help="run an action", description="Run an action.", parents=starts, add_help=False
+    )
+    run.set_defaults(handler=commands.run, parser=run)
+    run.add_argument(
+        "-h", "--help", action="store_true", help="this help; with REF, its parameters"
+    )
+    run.add_argument("ref", nargs="?", metavar="REF", help="action ref, pack.name")
+    run.add_argument("parameters", nargs="*", metavar="name=value", help="run parameters")
+    run.add_argument("--tenant", help="tenant slug (default: the default tenant)")
+
+    execution = commands_.add_parser("execution", help="list, show, follow, cancel, re-run")
+    group = execution.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    listing = add(group, "list", commands.execution_list, "executions, newest first",
+                  [connection, shows])  # fmt: skip
+    listing.add_argument("--status", help="comma list of statuses")
+    listing.add_argument("--action", help="comma list of action refs")
+    listing.add_argument("--tenant", help="comma list of tenant slugs")
+    listing.add_argument("--parent", help="only the children of this execution")
+    listing.add_argument("-n", "--last", type=int, default=commands.DEFAULT_LIST_COUNT,
+                         metavar="N", help="how many (default %(default)s; -1: all)")  # fmt: skip
+    for name, handler, help in (
+        ("get", commands.execution_get, "one execution"),
+        ("children", commands.execution_children, "a workflow's child executions"),
+    ):
+        add(group, name, handler, help, [connection, shows]).add_argument(
+            "id", nargs="?" if name == "get" else None, default="last", help="id or last"
+        )
+    cancel = add(group, "cancel", commands.execution_cancel,
+                 "cancel (kills the whole process tree)", [connection, shows])  # fmt: skip
+    cancel.add_argument("ids", nargs="+", metavar="ID")
+    rerun = add(group, "re-run", commands.re_run, "run again with the same parameters", starts)
     rerun.add_argument("id")
-    rerun.add_argument("--tail", action="store_true")
-    _add_tail_options(rerun)
+    output = add(group, "output", commands.execution_output, "the whole output", [connection])
+    output.add_argument("id", nargs="?", default="last", help="id or last")
+    output.add_argument("--type", choices=OUTPUT_TYPES, help="only this output stream")
+    tail = add(group, "tail", commands.tail, "print output as it comes, until the end",
+               [connection, _tail_options()])  # fmt: skip
+    tail.add_argument("id", nargs="?", default="last", help="id or last (default)")
 
-    action = commands.add_parser("action", help="registered actions")
-    action.add_subparsers(dest="subcommand", required=True).add_parser("list")
+    action = commands_.add_parser("action", help="registered actions")
+    group = action.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    add(group, "list", commands.action_list, "actions", [connection, shows]).add_argument(
+        "--pack", help="only this pack"
+    )
+    add(group, "get", commands.action_get, "one action", [connection, shows]).add_argument("ref")
+
+    tenant = commands_.add_parser("tenant", help="the tenants you may see, with your role")
+    group = tenant.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    add(group, "list", commands.tenant_list, "tenants you may see", [connection, shows])
+    add(group, "get", commands.tenant_get, "one tenant", [connection, shows]).add_argument("slug")
+
+    key = commands_.add_parser("key", help="your API keys")
+    group = key.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    add(group, "list", commands.key_list, "your API keys, newest first", [connection, shows])
+    add(group, "get", commands.key_get, "one of your API keys", [connection, shows]).add_argument(
+        "id", help="the key's id (the 12 hex digits after tg_)"
+    )
+    create = add(group, "create", commands.key_create,
+                 "create an API key, shown once (only a superuser's key may create keys)",
+                 [connection, shows])  # fmt: skip
+    create.add_argument("name", help="what the key is for")
+    create.add_argument("--expires-in-days", type=int, metavar="N",
+                        help="it stops working after N days (default: never)")  # fmt: skip
+    revoke = add(group, "revoke", commands.key_revoke, "revoke API keys; their streams end",
+                 [connection, shows])  # fmt: skip
+    revoke.add_argument("ids", nargs="+", metavar="ID")
     return parser
 
 
-def _add_tail_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--type", choices=["stdout", "stderr", "other"], help="only this stream")
-    parser.add_argument(
-        "--include-metadata", action="store_true", help="print each line as [timestamp][type] data"
-    )
-
-
-def _started(client: Client, execution: dict[str, Any], args) -> int:
-    if not args.tail:
-        _write(json.dumps(execution, indent=2) + "\n")
-        return 0
-    _write(f'Tailing execution "{execution["id"]}"\n')
-    args.id = execution["id"]
-    return tail(client, args)
-
-
-def dispatch(client: Client, args) -> int:
-    if args.command == "run":
-        return _started(
-            client, client.run(args.action, parse_parameters(args.parameters), args.tenant), args
+def explain(exc: Exception, client: Client | None) -> str:
+    """One line that says what went wrong and, where it helps, what to do."""
+    if isinstance(exc, ServerUnreachable):
+        return f"{exc}. Is the server running? Set it with --url or TAILGATE_URL."
+    if isinstance(exc, AuthenticationFailed):
+        where = client.config_path if client else "~/.config/tailgate/config"
+        return (
+            f"{exc.detail} Set an API key with --api-key, TAILGATE_API_KEY, or "
+            f"api_key under [credentials] in {where}."
         )
-    if args.command == "action":
-        _table(client.actions(), ["ref", "runner_type", "description"])
-        return 0
-    if args.subcommand == "tail":
-        return tail(client, args)
-    if args.subcommand == "output":
-        _write(client.output_text(args.id, args.type))
-        return 0
-    if args.subcommand == "list":
-        rows = client.executions(
-            status=args.status, action=args.action, tenant=args.tenant, limit=args.limit
-        )
-        _table(rows, ["id", "action_ref", "tenant", "status", "started_at", "exit_code"])
-        return 0
-    if args.subcommand == "get":
-        found = client.execution(args.id)
-        if args.json:
-            _write(json.dumps(found, indent=2) + "\n")
-        else:
-            for key in (
-                "id",
-                "action_ref",
-                "tenant",
-                "status",
-                "exit_code",
-                "started_at",
-                "finished_at",
-                "parameters",
-                "result",
-                "error",
-            ):
-                value = found.get(key)
-                shown = json.dumps(value) if isinstance(value, (dict, list)) else value
-                _write(f"{key:12} {shown}\n")
-        return 0
-    if args.subcommand == "cancel":
-        found = client.cancel(args.id)
-        _write(f"Execution {found['id']} is {found['status']}.\n")
-        return 0
-    if args.subcommand == "re-run":
-        return _started(client, client.re_run(args.id), args)
-    raise SystemExit(2)
+    if isinstance(exc, ValidationFailed):
+        return f"invalid input: {exc}"
+    if isinstance(exc, TooManyRequests):
+        retry = f" Try again in {exc.retry_after:g} s." if exc.retry_after else ""
+        return f"{exc.detail}{retry}"
+    if isinstance(exc, ServerError):
+        return f"the server failed ({exc.status}): {exc.detail}"
+    return str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    client = Client(args.url, args.api_key)
+    client = None
     try:
-        return dispatch(client, args)
-    except ApiError as exc:
-        sys.stderr.write(f"tailgate: {exc}\n")
-        return 2
+        client = Client(args.url, stream_url=args.stream_url, api_key=args.api_key)
+        return args.handler(client, args)
     except KeyboardInterrupt:
-        return 130
-    except (OSError, httpx.TransportError) as exc:
-        sys.stderr.write(f"tailgate: cannot reach {client.url}: {exc}\n")
-        return 2
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `tailgate … | head`: the reader left; say nothing, and keep Python from complaining
+        # when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (TailgateError, ApiError, ConfigError, ParameterSyntaxError) as exc:
+        sys.stderr.write(f"tailgate: {explain(exc, client)}\n")
+        return EXIT_ERROR
+    finally:
+        if client:
+            client.close()
+
+
+def entry_point() -> None:
+    """The console script: exit with main's status, quietly on Ctrl-C at any moment."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

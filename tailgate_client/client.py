@@ -1,148 +1,159 @@
-"""A small Python client for Tailgate's API (usable without the server installed).
+"""The Python client: one `Client`, a manager per resource, streams that resume.
 
-client = Client("http://127.0.0.1:8000", api_key="tg_…")
-execution = client.run("examples.print_lines", {"count": 3})
-for event in client.follow_output(execution["id"]):
-    ...
+    client = Client()                      # TAILGATE_URL / config file / 127.0.0.1:8000
+    done = client.executions.run("examples.print_lines", count=3)          # waits
+    started = client.executions.run("core.local", cmd="make", wait=False)
+    for event in client.executions.tail(started["id"], include_children=True):
+        print(event.data.get("data", ""), end="")
+    for event in client.events(events="execution__update", status="failed"):
+        ...
+
+Every request goes through `request`, which turns a transport failure into
+`ServerUnreachable` and an error answer into the `ApiError` subclass for its status; stream
+requests go to `stream_url` (the base URL unless configured apart).
 """
 
-import json
-import os
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import connect_sse
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-# Reconnect delays after a dropped stream: doubled each time, capped; a stream that delivered
-# something starts again from the shortest.
-RECONNECT_MIN_SECONDS = 0.5
-RECONNECT_MAX_SECONDS = 10.0
-RECONNECT_ATTEMPTS = 20
-# A stream sends a keep-alive every 15 s: twice that without a byte means the link is dead.
-READ_TIMEOUT_SECONDS = 35.0
+from tailgate_client.config import resolve
+from tailgate_client.errors import ServerUnreachable, api_error
+from tailgate_client.managers import ActionManager, ExecutionManager, KeyManager, TenantManager
+from tailgate_client.streams import ResumableStream, StreamEvent
 
-
-class ApiError(Exception):
-    """An error answer (problem+json) from the server."""
-
-    def __init__(self, status: int, problem: dict[str, Any]):
-        self.status = status
-        self.problem = problem
-        detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
-        errors = problem.get("errors") or []
-        lines = [detail] + [f"  {e.get('location')}: {e.get('message')}" for e in errors]
-        super().__init__("\n".join(lines))
-
-
-@dataclass
-class StreamEvent:
-    event: str
-    id: str | None
-    data: dict[str, Any]
+API = "/api/v1"
+# Ordinary requests; streams set their own (see streams.READ_TIMEOUT_SECONDS).
+REQUEST_TIMEOUT_SECONDS = 30.0
+# A problem body is short; anything longer than this in a non-JSON error is not worth showing.
+ERROR_TEXT_CHARS = 200
 
 
 class Client:
-    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30):
-        self.url = (url or os.environ.get("TAILGATE_URL") or DEFAULT_URL).rstrip("/")
-        key = api_key or os.environ.get("TAILGATE_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+    """Tailgate's API. Arguments left out come from the environment or the config file."""
 
-    def _answer(self, response: httpx.Response) -> Any:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        stream_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+    ):
+        settings = resolve(base_url, stream_url, api_key)
+        self.base_url = settings.base_url
+        self.stream_url = settings.stream_url
+        self.api_key = settings.api_key
+        self.config_path = settings.config_path
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self.http = httpx.Client(headers=headers, timeout=timeout)
+        self.actions = ActionManager(self)
+        self.executions = ExecutionManager(self)
+        self.tenants = TenantManager(self)
+        self.keys = KeyManager(self)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- plain requests -----------------------------------------------------------------
+    def api_url(self, path: str) -> str:
+        return f"{self.base_url}{API}{path}"
+
+    def stream_api_url(self, path: str) -> str:
+        return f"{self.stream_url}{API}{path}"
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request; its response when it succeeded, else the typed error."""
+        try:
+            response = self.http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(_origin(url), _reason(exc)) from None
+        self.check(response)
+        return response
+
+    def send_streaming(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Like `request`, with the body left unread: the caller iterates and closes it."""
+        request = self.http.build_request(method, url, **kwargs)
+        try:
+            response = self.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(_origin(url), _reason(exc)) from None
+        try:
+            self.check(response)
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    def check(self, response: httpx.Response) -> None:
+        """Raise the `ApiError` subclass for an error answer (reading a streamed body)."""
         if response.is_success:
-            return response.json() if response.content else None
+            return
+        response.read()
         try:
             problem = response.json()
         except ValueError:
-            problem = {"detail": response.text[:200] or response.reason_phrase}
-        raise ApiError(response.status_code, problem)
+            problem = None
+        if not isinstance(problem, dict):
+            text = response.text[:ERROR_TEXT_CHARS].strip()
+            problem = {"status": response.status_code, "detail": text or response.reason_phrase}
+        raise api_error(response.status_code, problem, dict(response.headers))
 
-    def get(self, path: str, **params: Any) -> Any:
-        return self._answer(self.http.get(path, params={k: v for k, v in params.items() if v}))
+    def get_json(self, path: str, **params: Any) -> Any:
+        return self.request("GET", self.api_url(path), params=_query(params)).json()
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self._answer(self.http.post(path, json=body or {}))
-
-    # --- resources ----------------------------------------------------------------------
-    def actions(self) -> list[dict[str, Any]]:
-        return self.get("/api/v1/actions/", limit=500)["results"]
-
-    def execution(self, execution_id: str = "last") -> dict[str, Any]:
-        return self.get(f"/api/v1/executions/{execution_id}/")
-
-    def executions(self, **filters: Any) -> list[dict[str, Any]]:
-        return self.get("/api/v1/executions/", **filters)["results"]
-
-    def children(self, execution_id: str) -> list[dict[str, Any]]:
-        return self.get(f"/api/v1/executions/{execution_id}/children/", limit=500)["results"]
-
-    def run(self, action: str, parameters: dict[str, Any], tenant: str | None = None) -> dict:
-        body: dict[str, Any] = {"action": action, "parameters": parameters}
-        if tenant:
-            body["tenant"] = tenant
-        return self.post("/api/v1/executions/", body)
-
-    def cancel(self, execution_id: str) -> dict[str, Any]:
-        return self.post(f"/api/v1/executions/{execution_id}/cancel/")
-
-    def re_run(self, execution_id: str) -> dict[str, Any]:
-        return self.post(f"/api/v1/executions/{execution_id}/re-run/")
-
-    def output_text(self, execution_id: str, output_type: str | None = None) -> str:
-        params = {"type": output_type} if output_type else {}
-        response = self.http.get(f"/api/v1/executions/{execution_id}/output", params=params)
-        if not response.is_success:
-            self._answer(response)
-        return response.text
+    def post_json(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", self.api_url(path), json=body or {}).json()
 
     # --- streams ------------------------------------------------------------------------
-    def follow_output(
-        self, execution_id: str, output_type: str | None = None, replay_limit: int = 50000
-    ) -> Iterator[StreamEvent]:
-        """Every output event of an execution from its first line, then `done`.
+    def stream(self, path: str, params: dict[str, Any], **options: Any) -> ResumableStream:
+        """A `ResumableStream` of `path` under the stream URL (see streams.py)."""
+        return ResumableStream(
+            self.http, self.stream_api_url(path), _query(params), self.check, **options
+        )
 
-        Reconnects with `Last-Event-ID` when the connection drops, so no line is lost or
-        repeated; gives up after RECONNECT_ATTEMPTS failed attempts in a row.
+    def events(self, last_event_id: str | None = None, **filters: Any) -> Iterator[StreamEvent]:
+        """The global event stream, endless; resumes after a dropped connection.
+
+        Filters as the API documents them: `events` (a comma list or a list of names, `*`
+        globs; output events only when asked for), `tenant`, `action`, `status`,
+        `execution`, `parent`. `reset` and `lagged` events are yielded as they come.
         """
-        params: dict[str, Any] = {"from": 1, "replay_limit": replay_limit}
-        if output_type:
-            params["type"] = output_type
-        last_seq: int | None = None
-        delay, failures = RECONNECT_MIN_SECONDS, 0
-        timeout = httpx.Timeout(READ_TIMEOUT_SECONDS, connect=10)
-        while True:
-            headers = {"Last-Event-ID": str(last_seq)} if last_seq is not None else {}
-            try:
-                with connect_sse(
-                    self.http,
-                    "GET",
-                    f"/api/v1/executions/{execution_id}/output/stream",
-                    params=params,
-                    headers=headers,
-                    timeout=timeout,
-                ) as source:
-                    if not source.response.is_success:
-                        source.response.read()
-                        self._answer(source.response)
-                    for sse in source.iter_sse():
-                        delay, failures = RECONNECT_MIN_SECONDS, 0
-                        data = json.loads(sse.data) if sse.data else {}
-                        event = StreamEvent(sse.event, sse.id or None, data)
-                        if sse.event == "execution.output__create":
-                            if last_seq is not None and data["seq"] <= last_seq:
-                                continue  # already shown before the reconnect
-                            last_seq = data["seq"]
-                        yield event
-                        if sse.event == "done":
-                            return
-            except (httpx.TransportError, httpx.RemoteProtocolError):
-                pass
-            failures += 1
-            if failures > RECONNECT_ATTEMPTS:
-                raise ApiError(0, {"detail": f"lost the stream of {execution_id}; gave up"})
-            time.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+        stream = self.stream("/stream", filters, last_id=last_event_id, ordered_ids=False)
+        return iter(stream)
+
+
+def _query(params: dict[str, Any]) -> dict[str, Any]:
+    """Leave out unset filters (the API refuses unknown or empty ones); lists as comma lists."""
+    query = {}
+    for name, value in params.items():
+        if value is None or value == [] or value == "":
+            continue
+        if isinstance(value, (list, tuple, set)):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        query[name] = value
+    return query
+
+
+def _origin(url: str) -> str:
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.netloc.decode()}"
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """`connection refused` rather than `[Errno 111] Connection refused`."""
+    text = str(exc) or type(exc).__name__
+    if "]" in text and text.startswith("["):
+        text = text.split("]", 1)[1].strip()
+    if isinstance(exc, httpx.TimeoutException):
+        text = f"timed out ({text})" if text != type(exc).__name__ else "timed out"
+    return text[:1].lower() + text[1:]

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import pytest
 from channels.testing import ApplicationCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -30,7 +29,7 @@ from executions import services
 from executions.models import Execution, ExecutionEvent
 from project.asgi import application as asgi
 from rbac.models import ApiKey, Role, TenantGrant
-from tests.streaming_helpers import home_loop, parse_sse, store  # noqa: F401 (a fixture)
+from tests.streaming_helpers import DISCONNECT_SECONDS, Response, parse_sse, store
 from tests.streaming_helpers import http_scope as stream_scope
 
 PERSONAS = (
@@ -167,12 +166,6 @@ def build_world(actions, tenant, other_tenant, superuser, owner, member, outside
     return World(ids, personas, refs, {"default": tenant, "other": other_tenant})
 
 
-@pytest.fixture
-def quick_passwords(settings):
-    """Personas are many; hashing their passwords properly would cost seconds per test."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @dataclass
 class Reply:
     status: int
@@ -213,7 +206,7 @@ async def call(method, path, *, query="", headers=(), body=None, stream=False) -
         more = message.get("more_body", False)
     if stream and reply.status == 200:
         await communicator.send_input({"type": "http.disconnect"})
-    await communicator.wait(timeout=5)
+    await communicator.wait(timeout=DISCONNECT_SECONDS)
     return reply
 
 
@@ -225,29 +218,12 @@ def names_in_html(reply: Reply, world: World) -> set[str]:
     return {name for name, pk in world.ids.items() if pk in reply.text}
 
 
-class Stream:
+class Stream(Response):
     """An open SSE response from the whole ASGI application, read frame by frame."""
-
-    def __init__(self, communicator: ApplicationCommunicator, status: int):
-        self.communicator = communicator
-        self.status = status
-        self.buffer = b""
-        self.ended = False
 
     async def next_frame(self, timeout: float = 20) -> dict:
         """The next event (comments and `retry:` hints skipped)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n\n" in self.buffer:
-                raw, self.buffer = self.buffer.split(b"\n\n", 1)
-                frame = parse_sse(raw.decode())
-                if "event" in frame:
-                    return frame
-            assert not self.ended, "the stream ended"
-            left = max(0.01, deadline - time.monotonic())
-            message = await self.communicator.receive_output(timeout=left)
-            self.buffer += message.get("body", b"")
-            self.ended = not message.get("more_body", False)
+        return await self.next_sse(timeout)
 
     async def drain(self, seconds: float) -> list[dict]:
         """Every event that arrives in the next `seconds` (less if the stream ends).
@@ -260,9 +236,7 @@ class Stream:
         while not self.ended and (left := deadline - time.monotonic()) > 0:
             if await self.communicator.receive_nothing(timeout=left, interval=0.02):
                 break
-            message = await self.communicator.receive_output(timeout=1)
-            self.buffer += message.get("body", b"")
-            self.ended = not message.get("more_body", False)
+            await self.read_message()  # already there: receive_nothing saw it
             while b"\n\n" in self.buffer:
                 raw, self.buffer = self.buffer.split(b"\n\n", 1)
                 frame = parse_sse(raw.decode())
@@ -279,15 +253,16 @@ class Stream:
         return frames
 
     async def close(self) -> None:
-        await self.communicator.send_input({"type": "http.disconnect"})
-        await self.communicator.wait(timeout=5)
+        await self.disconnect()
 
 
 async def open_stream(path: str, *, query: str = "", headers=()) -> Stream:
     communicator = ApplicationCommunicator(asgi, http_scope("GET", path, query, headers))
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(timeout=20)
-    return Stream(communicator, start["status"])
+    stream = Stream(communicator)
+    stream.status = start["status"]
+    return stream
 
 
 def created_event_of(execution_id: str):

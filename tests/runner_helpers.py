@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import connection
 
 from executions import services
-from executions.models import Execution
+from executions.models import Action, Execution
 from executions.runner_service import RunnerService
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -69,6 +69,41 @@ async def run_execution(action, parameters=None, *, tenant=None, service=None) -
     finally:
         if own:
             await asyncio.get_running_loop().run_in_executor(None, service.close)
+
+
+# A remote script action's parameters: the runner's own (hosts, username, private_key) and `who`.
+REMOTE_HELLO_YAML = (
+    "runner_type: remote-shell-script\nentry_point: hello.sh\nparameters:\n"
+    "  hosts: {type: array}\n  username: {type: string}\n"
+    "  private_key: {type: string, secret: true}\n  who: {type: string}\n"
+)
+
+
+async def register_pack(tmp_path: Path, pack: str, files: dict[str, str]) -> dict[str, Action]:
+    """Write `files` (paths under the pack's `actions/`) as pack `pack` in `tmp_path` and
+    register the packs there; the pack's actions by name."""
+    from executions.packs import register
+
+    for name, text in files.items():
+        path = tmp_path / pack / "actions" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    await sync_to_async(register)([tmp_path])
+    return {action.name: action async for action in Action.objects.filter(pack=pack)}
+
+
+async def finished_row(execution_id: str, timeout: float = 120) -> Execution:
+    """The execution's row once it has finished, polled: the layer's ring of the end is lossy
+    (a send that a starved CPU makes slower than CHANNEL_LAYER_SEND_TIMEOUT_SECONDS is skipped)."""
+    from executions.models.executions import FINISHED_STATUSES
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execution = await Execution.objects.aget(pk=execution_id)
+        if execution.status in FINISHED_STATUSES:
+            return execution
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {execution_id} to finish")
 
 
 def output_of(execution_id: str, output_type: str | None = None) -> list[tuple[int, str, str]]:

@@ -5,6 +5,7 @@ can be killed and started again at the same address.
 """
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -19,7 +20,10 @@ from django.test import Client
 from tests.runner_helpers import BASE_DIR, subprocess_env, wait_until
 
 ARTIFACTS = BASE_DIR / "test-artifacts"
-START_SECONDS = 60
+# Failure bounds only: on a starved CPU a server took more than 60 s to start and answer its
+# first request while 20 clients were reconnecting to it.
+START_SECONDS = 180
+PROBE_SECONDS = 10
 STOP_SECONDS = 15
 
 
@@ -87,7 +91,7 @@ class Server:
     def answers(self) -> bool:
         """Whether it answers HTTP: an anonymous stream request is refused with 401."""
         try:
-            return httpx.get(f"{self.url}/api/v1/stream", timeout=1).status_code == 401
+            return httpx.get(f"{self.url}/api/v1/stream", timeout=PROBE_SECONDS).status_code == 401
         except httpx.TransportError:
             return False
 
@@ -126,3 +130,52 @@ def session_cookie(user) -> dict[str, str]:
     client.force_login(user)
     name = settings.SESSION_COOKIE_NAME
     return {name: client.cookies[name].value}
+
+
+# autobahn (daphne's WebSocket library) is the tests' real WebSocket client; its asyncio flavour
+# cannot run in the test process, where daphne has already set txaio to Twisted, so it runs in
+# a child process. It sends `requests`, prints each message as a line, and closes after `ends`
+# `done` or `error` events (or fails after `seconds`).
+WEBSOCKET_CLIENT = """
+import asyncio, json, sys
+from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
+
+url, origin, cookie, requests, ends, seconds = sys.argv[1:7]
+left = int(ends)
+
+class Client(WebSocketClientProtocol):
+    def onOpen(self):
+        for request in json.loads(requests):
+            self.sendMessage(json.dumps(request).encode())
+
+    def onMessage(self, payload, is_binary):
+        print(payload.decode(), flush=True)
+        global left
+        if json.loads(payload)["event"] in ("done", "error"):
+            left -= 1
+            if left == 0:
+                self.sendClose()
+
+    def onClose(self, clean, code, reason):
+        self.factory.closed.set_result(code)
+
+async def main():
+    factory = WebSocketClientFactory(url, headers={"Cookie": cookie, "Origin": origin})
+    factory.protocol = Client
+    factory.closed = asyncio.get_running_loop().create_future()
+    host, port = url.split("/")[2].split(":")
+    await asyncio.get_running_loop().create_connection(factory, host, int(port))
+    await asyncio.wait_for(factory.closed, float(seconds))
+
+asyncio.run(main())
+"""
+
+
+def websocket_client(
+    server_url: str, cookies, requests: list[dict], ends: int, seconds: float
+) -> list[str]:
+    """The command line of a WebSocket client of `server_url`'s `/ws/v1/stream` (see above)."""
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    ws_url = "ws://" + server_url.removeprefix("http://") + "/ws/v1/stream"
+    arguments = [ws_url, server_url, cookie, json.dumps(requests), str(ends), str(seconds)]
+    return [sys.executable, "-c", WEBSOCKET_CLIENT, *arguments]

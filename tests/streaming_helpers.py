@@ -7,31 +7,21 @@ import json
 import time
 from datetime import UTC, datetime
 
-import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import ApplicationCommunicator
 from django.contrib.auth.models import AnonymousUser
-from django.db import connections
 
 from executions import publish, services, storage
 from executions.capture import Batch
 from executions.models import Execution, ExecutionStatus
-from streaming import db as stream_db
 from streaming.routing import http_routes
 
 db = database_sync_to_async
-
-
-@pytest.fixture
-async def home_loop():
-    """Sync publishes (services.finish, on_commit) ring the layer from this test's loop."""
-    publish.set_home_loop(asyncio.get_running_loop())
-    yield
-    publish.set_home_loop(None)
-    stream_db.close_connections()
-    await db(connections.close_all)()
+# How long a disconnected stream may take to end: a failure bound only (a stream ends within
+# milliseconds of `http.disconnect`; a busy machine must not fail a test that waits on it).
+DISCONNECT_SECONDS = 30
 
 
 def http_scope(path: str, query: str = "", headers=(), user=None, method: str = "GET") -> dict:
@@ -120,7 +110,7 @@ class Response:
 
     async def disconnect(self) -> None:
         await self.communicator.send_input({"type": "http.disconnect"})
-        await self.communicator.wait(timeout=2)
+        await self.communicator.wait(timeout=DISCONNECT_SECONDS)
 
 
 def parse_sse(raw: str) -> dict:
@@ -180,8 +170,10 @@ async def finish(execution: Execution, status: str = ExecutionStatus.SUCCEEDED, 
     return await db(services.finish)(execution.id, status, exit_code=exit_code)
 
 
-async def eventually(predicate, timeout: float = 5, what: str = "a condition"):
-    """Poll `predicate` (sync or async) until true: state with no notification to wait on."""
+async def eventually(predicate, timeout: float = 30, what: str = "a condition"):
+    """Poll `predicate` (sync or async) until true: state with no notification to wait on.
+
+    The timeout is a failure bound, generous so that a busy machine fails nothing."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -193,8 +185,17 @@ async def eventually(predicate, timeout: float = 5, what: str = "a condition"):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+async def followers(group: str) -> int:
+    """How many streams of this process follow a group (through the hub)."""
+    from streaming.hub import Hub
+
+    hub = Hub._hubs.get(asyncio.get_running_loop())
+    return len(hub.followers.get(group, ())) if hub is not None else 0
+
+
 async def group_size(group: str) -> int:
-    """How many channels are in a layer group (in-memory or Redis)."""
+    """How many channels are in a layer group (in-memory or Redis): the process's hub is
+    the one member of every group its streams follow."""
     layer = get_channel_layer()
     if hasattr(layer, "groups"):
         return len(layer.groups.get(group, {}))

@@ -18,6 +18,7 @@ from channels.testing import WebsocketCommunicator
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from rbac.models import ApiKey, split_api_key
 from streaming.routing import http_routes, websocket_routes
 from tests.rbac_helpers import (
     ALL,
@@ -27,21 +28,23 @@ from tests.rbac_helpers import (
     asgi,
     build_world,
     call,
-    home_loop,  # noqa: F401 (fixture)
     names_in_html,
     names_in_results,
-    quick_passwords,  # noqa: F401 (fixture)
 )
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("quick_passwords", "home_loop"),
+    pytest.mark.usefixtures("home_loop"),
 ]
 
 
 @pytest.fixture
 def world(actions, tenant, other_tenant, superuser, owner, member, outsider) -> World:
-    return build_world(actions, tenant, other_tenant, superuser, owner, member, outsider)
+    world = build_world(actions, tenant, other_tenant, superuser, owner, member, outsider)
+    operator = world.personas["operator"]
+    world.refs["own_key"] = split_api_key(operator.key or "")
+    world.refs["spare_key"] = ApiKey.issue(operator.user, name="spare")[0].key_id
+    return world
 
 
 SEES = {
@@ -57,6 +60,9 @@ LOGGED_OUT = ("deactivated", "anonymous", "expired_key")
 LAST = {"superuser": "S", "grantee": "E1", "outsider": "X"}  # everyone else: S
 OPERATES = {"superuser": ALL, "admin": T1, "operator": T1, "group_member": T1, "outsider": {"X"}}
 STAFF = ("superuser", "admin")
+# The tenants each persona sees (`grantee`: through its one granted execution).
+TENANTS = {"superuser": {"default", "other"}, "outsider": {"other"}}  # everyone else: default
+KEY_HOLDERS = ("operator", "grantee", "group_member")  # personas that call with an API key
 
 
 def each(rule) -> dict[str, Any]:
@@ -79,6 +85,24 @@ def operates(name: str, ok: int) -> dict[str, Any]:
         return 403 if name in SEES[p] else 404
 
     return each(rule)
+
+
+def tenants_of(persona: str) -> set[str]:
+    return TENANTS.get(persona, {"default"})
+
+
+def slugs_in_results(reply, world: World) -> set[str]:
+    return {row["slug"] for row in reply.json()["results"]}
+
+
+def key_holders_in_results(reply, world: World) -> set[str]:
+    """The personas whose own API key the list shows."""
+    shown = {row["id"] for row in reply.json()["results"]}
+    return {
+        name
+        for name, persona in world.personas.items()
+        if persona.key and split_api_key(persona.key) in shown
+    }
 
 
 def pages(rule) -> dict[str, Any]:
@@ -130,10 +154,49 @@ REST = [
         each(lambda p: (200, {"C"}) if "W" in SEES[p] else 404),
         listing=names_in_results,
     ),
+    Cell(
+        f"{API}^tenants/$",
+        "/api/v1/tenants/",
+        each(lambda p: (200, tenants_of(p))),
+        listing=slugs_in_results,
+    ),
+    *[
+        Cell(
+            f"{API}^tenants/(?P<slug>[^/.]+)/$",
+            f"/api/v1/tenants/{slug}/",
+            each(lambda p, slug=slug: 200 if slug in tenants_of(p) else 404),
+        )
+        for slug in ("default", "other", "nope")
+    ],
+    # Keys: each persona sees its own only (session personas hold none in this world).
+    Cell(
+        f"{API}^keys/$",
+        "/api/v1/keys/",
+        each(lambda p: (200, {p} & set(KEY_HOLDERS))),
+        listing=key_holders_in_results,
+    ),
+    Cell(
+        f"{API}^keys/(?P<id>[^/.]+)/$",
+        "/api/v1/keys/{own_key}/",
+        each(lambda p: 200 if p == "operator" else 404),
+    ),
     Cell(f"{API}schema/", "/api/v1/schema/", {**everyone(200), "expired_key": 401}),
     Cell(f"{API}docs/", "/api/v1/docs/", {**everyone(200), "expired_key": 401}),
     Cell("^api/", "/api/v1/nowhere/", everyone(404)),
-    # Writes last: they add executions.
+    # Writes last: they add executions and keys. A key cannot create keys (superusers' can).
+    Cell(
+        f"{API}^keys/$",
+        "/api/v1/keys/",
+        each(lambda p: 403 if p in KEY_HOLDERS else 201),
+        method="POST",
+        body={"name": "matrix"},
+    ),
+    Cell(
+        f"{API}^keys/(?P<id>[^/.]+)/revoke/$",
+        "/api/v1/keys/{spare_key}/revoke/",
+        each(lambda p: 200 if p == "operator" else 404),
+        method="POST",
+    ),
     *[
         Cell(
             f"{EXECS}(?P<id>[^/.]+)/cancel/$",
@@ -172,6 +235,27 @@ STREAMS = [
         for n in ("E1", "X")
     ],
     Cell("http:api/v1/stream", "/api/v1/stream", each(lambda p: 200), stream=True),
+    # StackStorm's names (aliases) widen nothing: the same answers as the names they alias.
+    *[
+        Cell(OUTPUT, f"/api/v1/executions/{{{n}}}/output", sees(n), query="output_type=stdout")
+        for n in ("E1", "X")
+    ],
+    *[
+        Cell(
+            f"{OUTPUT}/stream",
+            f"/api/v1/executions/{{{n}}}/output/stream",
+            sees(n),
+            query="output_type=stderr",
+        )
+        for n in ("E1", "X")
+    ],
+    Cell(
+        "http:api/v1/stream",
+        "/api/v1/stream",
+        each(lambda p: 200),
+        query="events=st2.execution__create&action_refs=examples.print_lines",
+        stream=True,
+    ),
 ]
 
 ACCOUNTS = "accounts/"
@@ -195,6 +279,13 @@ PAGES = [
         "/executions/{E1}/lines",
         sees("E1"),
         query="from=1&to=2",
+        web=True,
+    ),
+    Cell(
+        "executions/<str:execution_id>/search",
+        "/executions/{E1}/search",
+        sees("E1"),
+        query="q=one",
         web=True,
     ),
     Cell("actions/", "/actions/", pages(lambda p: 200), web=True),
@@ -445,12 +536,12 @@ async def test_it_answers_every_persona_exactly(world):
 async def _websocket_answer(persona) -> tuple:
     headers = [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1"), *persona.api_headers]
     socket = WebsocketCommunicator(asgi, "/ws/v1/stream", headers=headers)
-    connected, _ = await socket.connect(timeout=10)
+    connected, _ = await socket.connect(timeout=30)
     assert connected  # refusals say why in an `error` message before closing
     await socket.send_json_to({"action": "subscribe_events"})
-    first = await socket.receive_json_from(timeout=10)
+    first = await socket.receive_json_from(timeout=30)
     if first["event"] == "error":
-        closed = await socket.receive_output(timeout=10)
+        closed = await socket.receive_output(timeout=30)
         return first["data"]["status"], closed.get("code")
     await socket.disconnect()
     return first["event"], first.get("stream")

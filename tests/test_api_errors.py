@@ -9,29 +9,7 @@ from django.test import Client, RequestFactory
 from executions import services
 from executions.api import problems
 from executions.models import Execution
-
-PROBLEM = "application/problem+json"
-PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
-
-
-@pytest.fixture
-def logged_in(owner) -> Client:
-    client = Client()
-    client.force_login(owner)
-    return client
-
-
-def assert_problem(response, status, path=None):
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == PROBLEM
-    body = response.json()
-    assert set(body) >= PROBLEM_FIELDS
-    assert body["status"] == status
-    assert body["type"] == "about:blank"
-    assert body["instance"] == (path or response.wsgi_request.path)
-    assert b"<html" not in response.content.lower()
-    assert b"Traceback" not in response.content
-    return body
+from tests.api_helpers import PROBLEM, PROBLEM_FIELDS, assert_problem
 
 
 @pytest.mark.parametrize(
@@ -39,13 +17,13 @@ def assert_problem(response, status, path=None):
     ["/api/", "/api/v1/", "/api/v2/executions/", "/api/v1/nothing/", "/api/v1/executions/x/y/"],
 )
 @pytest.mark.parametrize("method", ["get", "post", "delete"])
-def test_it_answers_an_unknown_api_path_with_a_problem(logged_in, path, method):
-    response = getattr(logged_in, method)(path)
+def test_it_answers_an_unknown_api_path_with_a_problem(owner_client, path, method):
+    response = getattr(owner_client, method)(path)
     assert "no API endpoint" in assert_problem(response, 404)["detail"]
 
 
-def test_it_hints_at_the_missing_trailing_slash(logged_in):
-    body = assert_problem(logged_in.get("/api/v1/executions"), 404)
+def test_it_hints_at_the_missing_trailing_slash(owner_client):
+    body = assert_problem(owner_client.get("/api/v1/executions"), 404)
     assert "Did you mean /api/v1/executions/ ?" in body["detail"]
 
 
@@ -82,30 +60,30 @@ def test_it_answers_403_when_the_csrf_token_is_missing(owner, actions):
     assert not Execution.objects.exists()
 
 
-def test_it_answers_405_with_allow(logged_in):
-    response = logged_in.delete("/api/v1/executions/")
+def test_it_answers_405_with_allow(owner_client):
+    response = owner_client.delete("/api/v1/executions/")
     assert "DELETE" in assert_problem(response, 405)["detail"]
     allowed = set(response["Allow"].replace(" ", "").split(","))
     assert {"GET", "POST"} <= allowed
     assert "DELETE" not in allowed
-    assert_problem(logged_in.get("/api/v1/executions/last/cancel/"), 405)
+    assert_problem(owner_client.get("/api/v1/executions/last/cancel/"), 405)
 
 
-def test_it_answers_400_for_a_malformed_json_body(logged_in):
-    response = logged_in.post(
+def test_it_answers_400_for_a_malformed_json_body(owner_client):
+    response = owner_client.post(
         "/api/v1/executions/", '{"action": "core.local",', content_type="application/json"
     )
     assert "JSON parse error" in assert_problem(response, 400)["detail"]
 
 
-def test_it_answers_415_for_a_body_that_is_not_json(logged_in):
+def test_it_answers_415_for_a_body_that_is_not_json(owner_client):
     form = "application/x-www-form-urlencoded"
-    response = logged_in.post("/api/v1/executions/", "action=core.local", content_type=form)
+    response = owner_client.post("/api/v1/executions/", "action=core.local", content_type=form)
     assert form in assert_problem(response, 415)["detail"]
 
 
-def test_it_answers_422_for_a_body_that_is_not_an_object(logged_in):
-    response = logged_in.post("/api/v1/executions/", [1, 2], content_type="application/json")
+def test_it_answers_422_for_a_body_that_is_not_an_object(owner_client):
+    response = owner_client.post("/api/v1/executions/", [1, 2], content_type="application/json")
     body = assert_problem(response, 422)
     assert body["errors"] == [
         {"location": "body", "message": body["errors"][0]["message"], "value": None}
@@ -113,17 +91,17 @@ def test_it_answers_422_for_a_body_that_is_not_an_object(logged_in):
     assert "Expected a dictionary" in body["errors"][0]["message"]
 
 
-def test_it_answers_406_as_a_problem_too(logged_in):
-    response = logged_in.get("/api/v1/executions/", headers={"accept": "text/html"})
+def test_it_answers_406_as_a_problem_too(owner_client):
+    response = owner_client.get("/api/v1/executions/", headers={"accept": "text/html"})
     assert_problem(response, 406)
 
 
-def test_it_answers_500_without_a_traceback(logged_in, actions, tenant, caplog):
+def test_it_answers_500_without_a_traceback(owner_client, actions, tenant, caplog):
     execution = services.create_execution(actions["core.local"], {"cmd": "id"}, tenant=tenant)
     # A row the code cannot read (parameters must be an object): an unexpected failure.
     Execution.objects.filter(pk=execution.pk).update(parameters=["broken"])
     with caplog.at_level(logging.ERROR, logger="executions.api.problems"):
-        response = logged_in.get(f"/api/v1/executions/{execution.id}/")
+        response = owner_client.get(f"/api/v1/executions/{execution.id}/")
     body = assert_problem(response, 500)
     assert body["detail"] == "An unexpected error occurred; it has been logged."
     assert b"AttributeError" not in response.content

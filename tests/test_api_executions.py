@@ -10,22 +10,10 @@ from executions import services
 from executions.models import Execution, ExecutionStatus, Tenant
 from executions.models.actions import MASK
 from executions.parameters import ParameterError, validate_parameters
+from tests.api_helpers import assert_problem, logged_in, post
 from tests.runner_helpers import run_execution
 
-PROBLEM = "application/problem+json"
 MISSING_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-
-
-@pytest.fixture
-def api():
-    """A test client logged in as `user`: api(user)."""
-
-    def login(user) -> Client:
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return login
 
 
 def run(action, tenant, **parameters) -> Execution:
@@ -38,27 +26,12 @@ def add_child(parent, action, task_name) -> Execution:
     return services.create_execution(action, {"cmd": "true"}, parent=parent, task_name=task_name)
 
 
-def post(client, path, body=None):
-    return client.post(path, body or {}, content_type="application/json")
-
-
-def assert_problem(response, status):
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"] == "about:blank"
-    assert body["title"] and body["detail"]
-    assert body["instance"] == response.wsgi_request.path
-    return body
-
-
 # --- create -------------------------------------------------------------------------------
 
 
-def test_it_runs_an_action(api, owner, actions):
+def test_it_runs_an_action(owner, actions):
     response = post(
-        api(owner),
+        logged_in(owner),
         "/api/v1/executions/",
         {"action": "examples.print_lines", "parameters": {"count": "3"}},
     )
@@ -78,9 +51,9 @@ def test_it_runs_an_action(api, owner, actions):
     }
 
 
-def test_it_runs_in_the_tenant_named(api, outsider, other_tenant, actions):
+def test_it_runs_in_the_tenant_named(outsider, other_tenant, actions):
     response = post(
-        api(outsider),
+        logged_in(outsider),
         "/api/v1/executions/",
         {"action": "core.local", "parameters": {"cmd": "id"}, "tenant": "other"},
     )
@@ -89,9 +62,9 @@ def test_it_runs_in_the_tenant_named(api, outsider, other_tenant, actions):
     assert Execution.objects.get().tenant == other_tenant
 
 
-def test_it_answers_404_for_an_unknown_tenant(api, superuser, actions):
+def test_it_answers_404_for_an_unknown_tenant(superuser, actions):
     response = post(
-        api(superuser),
+        logged_in(superuser),
         "/api/v1/executions/",
         {"action": "core.local", "parameters": {"cmd": "id"}, "tenant": "nope"},
     )
@@ -100,17 +73,19 @@ def test_it_answers_404_for_an_unknown_tenant(api, superuser, actions):
 
 
 @pytest.mark.parametrize("persona", ["member", "outsider"])
-def test_it_forbids_running_where_not_an_operator(api, persona, request, tenant, actions):
+def test_it_forbids_running_where_not_an_operator(persona, request, tenant, actions):
     user = request.getfixturevalue(persona)
     response = post(
-        api(user), "/api/v1/executions/", {"action": "core.local", "parameters": {"cmd": "id"}}
+        logged_in(user),
+        "/api/v1/executions/",
+        {"action": "core.local", "parameters": {"cmd": "id"}},
     )
     assert "default" in assert_problem(response, 403)["detail"]
     assert not Execution.objects.exists()
 
 
-def test_it_answers_422_for_an_unknown_action(api, owner, actions):
-    response = post(api(owner), "/api/v1/executions/", {"action": "nope.nothing"})
+def test_it_answers_422_for_an_unknown_action(owner, actions):
+    response = post(logged_in(owner), "/api/v1/executions/", {"action": "nope.nothing"})
     body = assert_problem(response, 422)
     assert body["errors"] == [
         {
@@ -121,21 +96,25 @@ def test_it_answers_422_for_an_unknown_action(api, owner, actions):
     ]
 
 
-def test_it_answers_422_for_a_disabled_action(api, owner, actions):
+def test_it_answers_422_for_a_disabled_action(owner, actions):
     actions["core.local"].enabled = False
     actions["core.local"].save()
     response = post(
-        api(owner), "/api/v1/executions/", {"action": "core.local", "parameters": {"cmd": "id"}}
+        logged_in(owner),
+        "/api/v1/executions/",
+        {"action": "core.local", "parameters": {"cmd": "id"}},
     )
     assert assert_problem(response, 422)["errors"][0]["location"] == "body.action"
 
 
-def test_it_answers_parameter_errors_as_the_validator_gives_them(api, owner, actions):
+def test_it_answers_parameter_errors_as_the_validator_gives_them(owner, actions):
     given = {"count": "many", "delay": "x", "colour": "red"}
     with pytest.raises(ParameterError) as expected:
         validate_parameters(actions["examples.print_lines"].parameters, given)
     response = post(
-        api(owner), "/api/v1/executions/", {"action": "examples.print_lines", "parameters": given}
+        logged_in(owner),
+        "/api/v1/executions/",
+        {"action": "examples.print_lines", "parameters": given},
     )
     body = assert_problem(response, 422)
     assert body["errors"] == expected.value.errors
@@ -146,9 +125,9 @@ def test_it_answers_parameter_errors_as_the_validator_gives_them(api, owner, act
     }
 
 
-def test_it_masks_a_secret_in_a_parameter_error(api, owner, actions):
+def test_it_masks_a_secret_in_a_parameter_error(owner, actions):
     response = post(
-        api(owner),
+        logged_in(owner),
         "/api/v1/executions/",
         {"action": "examples.echo_secret", "parameters": {"password": {"x": "hunter2"}}},
     )
@@ -168,8 +147,8 @@ def test_it_masks_a_secret_in_a_parameter_error(api, owner, actions):
         ({"action": "core.local", "params": {"cmd": "id"}}, "body.params"),
     ],
 )
-def test_it_names_the_invalid_field(api, owner, actions, payload, location):
-    response = post(api(owner), "/api/v1/executions/", payload)
+def test_it_names_the_invalid_field(owner, actions, payload, location):
+    response = post(logged_in(owner), "/api/v1/executions/", payload)
     body = assert_problem(response, 422)
     assert [e["location"] for e in body["errors"]] == [location]
     assert body["errors"][0]["message"]
@@ -179,8 +158,8 @@ def test_it_names_the_invalid_field(api, owner, actions, payload, location):
 # --- masking --------------------------------------------------------------------------------
 
 
-def test_it_never_shows_a_secret(api, owner, actions, tenant):
-    client = api(owner)
+def test_it_never_shows_a_secret(owner, actions, tenant):
+    client = logged_in(owner)
     response = post(
         client,
         "/api/v1/executions/",
@@ -211,9 +190,9 @@ def test_it_never_shows_a_secret(api, owner, actions, tenant):
 # --- list -----------------------------------------------------------------------------------
 
 
-def test_it_lists_newest_first_with_pagination(api, owner, actions, tenant):
+def test_it_lists_newest_first_with_pagination(owner, actions, tenant):
     made = [run(actions["core.local"], tenant).id for _ in range(5)]
-    client = api(owner)
+    client = logged_in(owner)
     body = client.get("/api/v1/executions/?limit=2").json()
     assert body["count"] == 5
     assert [e["id"] for e in body["results"]] == made[::-1][:2]
@@ -225,7 +204,7 @@ def test_it_lists_newest_first_with_pagination(api, owner, actions, tenant):
     assert last_page["next"] is None
 
 
-def test_it_caps_the_page_size(api, owner, actions, tenant):
+def test_it_caps_the_page_size(owner, actions, tenant):
     from executions.api.pagination import MAX_PAGE_SIZE
 
     action = actions["core.local"]
@@ -235,13 +214,16 @@ def test_it_caps_the_page_size(api, owner, actions, tenant):
         )
         for _ in range(MAX_PAGE_SIZE + 1)
     )
-    body = api(owner).get(f"/api/v1/executions/?limit={MAX_PAGE_SIZE * 10}").json()
+    body = logged_in(owner).get(f"/api/v1/executions/?limit={MAX_PAGE_SIZE}").json()
     assert body["count"] == MAX_PAGE_SIZE + 1
     assert len(body["results"]) == MAX_PAGE_SIZE
     assert f"limit={MAX_PAGE_SIZE}&offset={MAX_PAGE_SIZE}" in body["next"]
+    too_many = logged_in(owner).get(f"/api/v1/executions/?limit={MAX_PAGE_SIZE + 1}")
+    assert too_many.status_code == 422
+    assert too_many.json()["errors"][0]["location"] == "query.limit"
 
 
-def test_it_filters_the_list(api, superuser, actions, tenant, other_tenant):
+def test_it_filters_the_list(superuser, actions, tenant, other_tenant):
     local = run(actions["core.local"], tenant)
     lines = run(actions["examples.print_lines"], tenant)
     elsewhere = run(actions["core.local"], other_tenant)
@@ -249,7 +231,7 @@ def test_it_filters_the_list(api, superuser, actions, tenant, other_tenant):
     services.finish(done.id, "succeeded", exit_code=0)
     parent = run(actions["examples.deploy"], tenant)
     child = add_child(parent, actions["core.local"], "a")
-    client = api(superuser)
+    client = logged_in(superuser)
 
     def ids(query):
         response = client.get(f"/api/v1/executions/?{query}")
@@ -266,35 +248,35 @@ def test_it_filters_the_list(api, superuser, actions, tenant, other_tenant):
     assert ids("action=nope") == set()
 
 
-def test_it_answers_422_for_an_invalid_filter(api, owner, tenant):
-    response = api(owner).get("/api/v1/executions/?status=sleeping")
+def test_it_answers_422_for_an_invalid_filter(owner, tenant):
+    response = logged_in(owner).get("/api/v1/executions/?status=sleeping")
     body = assert_problem(response, 422)
     assert [(e["location"], e["value"]) for e in body["errors"]] == [("query.status", "sleeping")]
 
 
 def test_it_lists_only_what_each_persona_may_see(
-    api, superuser, member, outsider, actions, tenant, other_tenant
+    superuser, member, outsider, actions, tenant, other_tenant
 ):
     mine = run(actions["core.local"], tenant)
     theirs = run(actions["core.local"], other_tenant)
 
     def ids(user):
-        return [e["id"] for e in api(user).get("/api/v1/executions/").json()["results"]]
+        return [e["id"] for e in logged_in(user).get("/api/v1/executions/").json()["results"]]
 
     assert ids(superuser) == [theirs.id, mine.id]
     assert ids(member) == [mine.id]
     assert ids(outsider) == [theirs.id]
 
 
-def test_it_lists_nothing_to_an_outsider_of_the_default_tenant(api, outsider, actions, tenant):
+def test_it_lists_nothing_to_an_outsider_of_the_default_tenant(outsider, actions, tenant):
     run(actions["core.local"], tenant)
-    body = api(outsider).get("/api/v1/executions/").json()
+    body = logged_in(outsider).get("/api/v1/executions/").json()
     assert body == {"count": 0, "next": None, "previous": None, "results": []}
 
 
 @pytest.mark.parametrize("persona", ["member", "superuser"])
-def test_it_lists_with_a_constant_number_of_queries(api, persona, request, actions, tenant):
-    client = api(request.getfixturevalue(persona))
+def test_it_lists_with_a_constant_number_of_queries(persona, request, actions, tenant):
+    client = logged_in(request.getfixturevalue(persona))
     deploy, local = actions["examples.deploy"], actions["core.local"]
 
     def make(n):
@@ -320,12 +302,12 @@ def test_it_lists_with_a_constant_number_of_queries(api, persona, request, actio
 # --- detail ---------------------------------------------------------------------------------
 
 
-def test_it_shows_an_execution(api, member, actions, tenant):
+def test_it_shows_an_execution(member, actions, tenant):
     execution = run(actions["examples.print_lines"], tenant, count=2)
     services.claim(execution.id, "runner-1")
     services.finish(execution.id, "failed", exit_code=3, result={"why": "bad"})
     Execution.objects.filter(pk=execution.id).update(last_seq=7)
-    response = api(member).get(f"/api/v1/executions/{execution.id}/")
+    response = logged_in(member).get(f"/api/v1/executions/{execution.id}/")
     assert response.status_code == 200
     assert response["Content-Type"] == "application/json"
     body = response.json()
@@ -346,32 +328,32 @@ def test_it_shows_an_execution(api, member, actions, tenant):
     }
 
 
-def test_it_says_when_the_output_was_purged(api, member, actions, tenant):
+def test_it_says_when_the_output_was_purged(member, actions, tenant):
     from django.utils import timezone
 
     execution = run(actions["core.local"], tenant)
     purged = timezone.now()
     Execution.objects.filter(pk=execution.id).update(output_purged_at=purged)
-    body = api(member).get(f"/api/v1/executions/{execution.id}/").json()
+    body = logged_in(member).get(f"/api/v1/executions/{execution.id}/").json()
     assert body["output_purged_at"] == purged.isoformat()
 
 
-def test_it_answers_404_alike_for_missing_and_hidden_executions(api, outsider, actions, tenant):
+def test_it_answers_404_alike_for_missing_and_hidden_executions(outsider, actions, tenant):
     hidden = run(actions["core.local"], tenant)
-    client = api(outsider)
+    client = logged_in(outsider)
     for execution_id in (hidden.id, MISSING_ID):
         body = assert_problem(client.get(f"/api/v1/executions/{execution_id}/"), 404)
         assert body["detail"] == f"There is no execution {execution_id}."
 
 
 @pytest.mark.parametrize("bad_id", ["123", "not-an-id", "0" * 27, "01ARZ3NDEKTSV4RRFFQ69G5FA!"])
-def test_it_answers_404_for_a_malformed_id(api, superuser, bad_id):
-    assert_problem(api(superuser).get(f"/api/v1/executions/{bad_id}/"), 404)
+def test_it_answers_404_for_a_malformed_id(superuser, bad_id):
+    assert_problem(logged_in(superuser).get(f"/api/v1/executions/{bad_id}/"), 404)
 
 
-def test_it_accepts_a_lowercase_id(api, member, actions, tenant):
+def test_it_accepts_a_lowercase_id(member, actions, tenant):
     execution = run(actions["core.local"], tenant)
-    response = api(member).get(f"/api/v1/executions/{execution.id.lower()}/")
+    response = logged_in(member).get(f"/api/v1/executions/{execution.id.lower()}/")
     assert response.status_code == 200
     assert response.json()["id"] == execution.id
 
@@ -380,23 +362,23 @@ def test_it_accepts_a_lowercase_id(api, member, actions, tenant):
 
 
 def test_it_reads_last_as_the_newest_execution_the_caller_may_see(
-    api, superuser, outsider, actions, tenant, other_tenant
+    superuser, outsider, actions, tenant, other_tenant
 ):
     theirs = run(actions["core.local"], other_tenant)
     newest = run(actions["core.local"], tenant)
-    assert api(superuser).get("/api/v1/executions/last/").json()["id"] == newest.id
-    assert api(outsider).get("/api/v1/executions/last/").json()["id"] == theirs.id
+    assert logged_in(superuser).get("/api/v1/executions/last/").json()["id"] == newest.id
+    assert logged_in(outsider).get("/api/v1/executions/last/").json()["id"] == theirs.id
 
 
-def test_it_answers_404_for_last_when_nothing_is_visible(api, outsider, actions, tenant):
+def test_it_answers_404_for_last_when_nothing_is_visible(outsider, actions, tenant):
     run(actions["core.local"], tenant)
-    assert_problem(api(outsider).get("/api/v1/executions/last/"), 404)
+    assert_problem(logged_in(outsider).get("/api/v1/executions/last/"), 404)
 
 
-def test_it_accepts_last_for_every_action(api, owner, actions, tenant):
+def test_it_accepts_last_for_every_action(owner, actions, tenant):
     parent = run(actions["examples.deploy"], tenant)
     child = add_child(parent, actions["core.local"], "t")
-    client = api(owner)
+    client = logged_in(owner)
     assert client.get("/api/v1/executions/last/").json()["id"] == child.id
     assert client.get("/api/v1/executions/last/children/").json()["count"] == 0
     rerun = post(client, "/api/v1/executions/last/re-run/")
@@ -410,49 +392,49 @@ def test_it_accepts_last_for_every_action(api, owner, actions, tenant):
 # --- cancel ---------------------------------------------------------------------------------
 
 
-def test_it_lets_an_owner_cancel(api, owner, actions, tenant):
+def test_it_lets_an_owner_cancel(owner, actions, tenant):
     execution = run(actions["core.local"], tenant)
-    response = post(api(owner), f"/api/v1/executions/{execution.id}/cancel/")
+    response = post(logged_in(owner), f"/api/v1/executions/{execution.id}/cancel/")
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "canceled"
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.CANCELED
 
 
-def test_it_marks_a_running_execution_canceling(api, owner, actions, tenant):
+def test_it_marks_a_running_execution_canceling(owner, actions, tenant):
     execution = run(actions["core.local"], tenant)
     services.claim(execution.id, "runner-1")
-    response = post(api(owner), f"/api/v1/executions/{execution.id}/cancel/")
+    response = post(logged_in(owner), f"/api/v1/executions/{execution.id}/cancel/")
     assert response.json()["status"] == "canceling"
 
 
-def test_it_forbids_a_member_to_cancel(api, member, actions, tenant):
+def test_it_forbids_a_member_to_cancel(member, actions, tenant):
     execution = run(actions["core.local"], tenant)
-    response = post(api(member), f"/api/v1/executions/{execution.id}/cancel/")
+    response = post(logged_in(member), f"/api/v1/executions/{execution.id}/cancel/")
     assert "cancel" in assert_problem(response, 403)["detail"]
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.SCHEDULED
 
 
-def test_it_hides_an_execution_from_an_outsider_who_would_cancel(api, outsider, actions, tenant):
+def test_it_hides_an_execution_from_an_outsider_who_would_cancel(outsider, actions, tenant):
     execution = run(actions["core.local"], tenant)
-    assert_problem(post(api(outsider), f"/api/v1/executions/{execution.id}/cancel/"), 404)
+    assert_problem(post(logged_in(outsider), f"/api/v1/executions/{execution.id}/cancel/"), 404)
 
 
-def test_it_answers_409_when_cancelling_a_finished_execution(api, owner, actions, tenant):
+def test_it_answers_409_when_cancelling_a_finished_execution(owner, actions, tenant):
     execution = run(actions["core.local"], tenant)
     services.finish(execution.id, "succeeded", exit_code=0)
-    response = post(api(owner), f"/api/v1/executions/{execution.id}/cancel/")
+    response = post(logged_in(owner), f"/api/v1/executions/{execution.id}/cancel/")
     assert "already finished" in assert_problem(response, 409)["detail"]
 
 
 # --- re-run ---------------------------------------------------------------------------------
 
 
-def test_it_lets_an_owner_re_run(api, owner, actions, tenant):
+def test_it_lets_an_owner_re_run(owner, actions, tenant):
     first = run(actions["examples.print_lines"], tenant, count=4, delay=0)
     services.finish(first.id, "succeeded", exit_code=0)
-    response = post(api(owner), f"/api/v1/executions/{first.id}/re-run/")
+    response = post(logged_in(owner), f"/api/v1/executions/{first.id}/re-run/")
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["id"] != first.id
@@ -462,29 +444,29 @@ def test_it_lets_an_owner_re_run(api, owner, actions, tenant):
     assert Execution.objects.get(pk=body["id"]).created_by == owner
 
 
-def test_it_forbids_a_member_to_re_run(api, member, actions, tenant):
+def test_it_forbids_a_member_to_re_run(member, actions, tenant):
     execution = run(actions["core.local"], tenant)
-    assert_problem(post(api(member), f"/api/v1/executions/{execution.id}/re-run/"), 403)
+    assert_problem(post(logged_in(member), f"/api/v1/executions/{execution.id}/re-run/"), 403)
     assert Execution.objects.count() == 1
 
 
-def test_it_answers_409_when_the_action_is_gone(api, owner, actions, tenant):
+def test_it_answers_409_when_the_action_is_gone(owner, actions, tenant):
     execution = run(actions["core.local"], tenant)
     actions["core.local"].enabled = False
     actions["core.local"].save()
-    response = post(api(owner), f"/api/v1/executions/{execution.id}/re-run/")
+    response = post(logged_in(owner), f"/api/v1/executions/{execution.id}/re-run/")
     assert "disabled" in assert_problem(response, 409)["detail"]
 
 
 # --- children -------------------------------------------------------------------------------
 
 
-def test_it_lists_a_workflows_children_oldest_first(api, member, outsider, actions, tenant):
+def test_it_lists_a_workflows_children_oldest_first(member, outsider, actions, tenant):
     parent = run(actions["examples.deploy"], tenant)
     kids = [
         add_child(parent, actions["core.local"], name).id for name in ("build", "test", "summary")
     ]
-    client = api(member)
+    client = logged_in(member)
     body = client.get(f"/api/v1/executions/{parent.id}/children/").json()
     assert [e["id"] for e in body["results"]] == kids
     assert [e["task_name"] for e in body["results"]] == ["build", "test", "summary"]
@@ -492,7 +474,7 @@ def test_it_lists_a_workflows_children_oldest_first(api, member, outsider, actio
     assert client.get(f"/api/v1/executions/{parent.id}/").json()["children"] == kids
     listed = {e["id"]: e for e in client.get("/api/v1/executions/").json()["results"]}
     assert listed[parent.id]["children"] == kids
-    assert_problem(api(outsider).get(f"/api/v1/executions/{parent.id}/children/"), 404)
+    assert_problem(logged_in(outsider).get(f"/api/v1/executions/{parent.id}/children/"), 404)
 
 
 # --- a real run -----------------------------------------------------------------------------

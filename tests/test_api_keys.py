@@ -171,7 +171,7 @@ application = TailgateAuthMiddleware(URLRouter([path("api/v1/stream", WhoAmI.as_
 async def _who(*headers: tuple[str, str]) -> str:
     raw = [(b"host", b"127.0.0.1")] + [(k.encode(), v.encode()) for k, v in headers]
     communicator = HttpCommunicator(application, "GET", "/api/v1/stream", headers=raw)
-    response = await communicator.get_response(timeout=10)
+    response = await communicator.get_response(timeout=30)
     return response["body"].decode()
 
 
@@ -220,7 +220,7 @@ async def test_it_authenticates_nobody_on_a_host_not_allowed(member):
         "/api/v1/stream",
         headers=[(b"host", b"evil.com"), (b"x-api-key", raw_key.encode())],
     )
-    response = await communicator.get_response(timeout=10)
+    response = await communicator.get_response(timeout=30)
     assert response["body"].decode() == "- - This host name is not served here."
 
 

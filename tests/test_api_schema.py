@@ -11,13 +11,22 @@ from executions import services
 from executions.api.serializers import ExecutionSerializer
 
 STREAMING_PATHS = {
-    "/api/v1/executions/{id}/output": ({"id", "type"}, "text/plain"),
+    "/api/v1/executions/{id}/output": ({"id", "type", "include_children"}, "text/plain"),
     "/api/v1/executions/{id}/output/stream": (
-        {"id", "from", "replay_limit", "type", "Last-Event-ID"},
+        {"id", "from", "replay_limit", "type", "include_children", "Last-Event-ID"},
         "text/event-stream",
     ),
     "/api/v1/stream": (
-        {"events", "tenant", "action", "status", "execution", "parent", "Last-Event-ID"},
+        {
+            "events",
+            "tenant",
+            "action",
+            "status",
+            "execution",
+            "parent",
+            "ancestor",
+            "Last-Event-ID",
+        },
         "text/event-stream",
     ),
 }
@@ -123,3 +132,57 @@ def test_it_describes_the_event_payload_without_api_extras(schema):
     payload = schema["components"]["schemas"]["ExecutionEventPayload"]["properties"]
     execution = schema["components"]["schemas"]["Execution"]["properties"]
     assert set(payload) == set(execution) - {"children", "links"}
+
+
+# --- the contract matches behaviour (issue 12, item 2) --------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/v1/actions/", "/api/v1/executions/"])
+def test_it_documents_401_and_422_on_lists(schema, path):
+    responses = schema["paths"][path]["get"]["responses"]
+    assert {"200", "401", "422"} <= set(responses)
+
+
+def test_it_documents_the_children_page_like_the_list(schema):
+    children = schema["paths"]["/api/v1/executions/{id}/children/"]["get"]
+    listing = schema["paths"]["/api/v1/executions/"]["get"]
+    names = {p["name"] for p in children["parameters"]}
+    assert names == {p["name"] for p in listing["parameters"]} | {"id"}
+    by_name = {p["name"]: p["schema"] for p in children["parameters"]}
+    assert by_name["limit"] == {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}
+    assert by_name["offset"]["minimum"] == 0
+    ok = children["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ok.endswith("PaginatedExecutionList")
+    assert "422" in children["responses"]
+
+
+def test_it_documents_what_the_filters_refuse(schema):
+    by_name = {
+        p["name"]: p["schema"] for p in schema["paths"]["/api/v1/executions/"]["get"]["parameters"]
+    }
+    assert by_name["status"]["minItems"] == 1
+    assert by_name["action"]["items"]["pattern"] == "^[^,]*[^,\\s][^,]*$"
+    actions = {
+        p["name"]: p["schema"] for p in schema["paths"]["/api/v1/actions/"]["get"]["parameters"]
+    }
+    assert actions["pack"]["minLength"] == 1
+
+
+def test_it_documents_the_full_int64_range_of_from(schema):
+    operation = schema["paths"]["/api/v1/executions/{id}/output/stream"]["get"]
+    by_name = {p["name"]: p["schema"] for p in operation["parameters"]}
+    assert (by_name["from"]["minimum"], by_name["from"]["maximum"]) == (-(2**63), 2**63 - 1)
+
+
+@pytest.mark.parametrize("path", list(STREAMING_PATHS))
+def test_it_documents_429_with_retry_after_and_422_on_every_stream(schema, path):
+    responses = schema["paths"][path]["get"]["responses"]
+    assert {"401", "422", "429"} <= set(responses)
+    assert "Retry-After" in responses["429"]["headers"]
+    assert "Unknown query parameters answer 422" in schema["paths"][path]["get"]["description"]
+
+
+def test_it_serves_schema_and_docs_without_credentials_as_documented(client, db):
+    assert client.get("/api/v1/schema/").status_code == 200
+    assert client.get("/api/v1/docs/").status_code == 200
+    assert client.get("/api/v1/executions/").status_code == 401

@@ -2,15 +2,18 @@
 
 import asyncio
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from executions.capture import (
     BATCH_MAX_LINES,
+    NUL_SUBSTITUTE,
     PARTIAL_FLUSH_SECONDS,
     PARTIAL_MAX_AGE_SECONDS,
     PENDING_HIGH_WATER_LINES,
     LineSplitter,
+    OutputLost,
     OutputSink,
     SecretMasker,
     StreamCapture,
@@ -226,3 +229,91 @@ async def test_it_does_not_flush_a_partial_line_while_the_writer_holds_the_reade
     data = [row[2] for batch in batches for row in batch.rows]
     assert data[-1] == "half a line\n"
     assert all(d.endswith("\n") for d in data)
+
+
+class _FlakyWrite:
+    """A batch writer that fails its first `failures` calls (as a database going away)."""
+
+    def __init__(self, failures: int, error: Exception | None = None):
+        self.failures = failures
+        self.error = error or ConnectionError("server closed the connection")
+        self.calls = 0
+        self.stored: list[tuple[int, str, str]] = []
+        self.attempts_seen: list[int] = []
+
+    async def __call__(self, batch):
+        self.calls += 1
+        self.attempts_seen.append(batch.attempts)
+        if self.failures > 0:
+            self.failures -= 1
+            raise self.error
+        self.stored += [(seq, kind, data) for seq, kind, data, _ in batch.rows]
+
+
+async def test_it_keeps_a_batch_that_failed_to_commit_and_writes_it_again():
+    write = _FlakyWrite(failures=3)
+    sink = OutputSink("01TEST", write, max_chunk_bytes=1024)
+    writer = asyncio.create_task(sink.run())
+    await sink.feed("stdout", b"one\ntwo\n")
+    await sink.feed("stderr", b"three\n")
+    sink.close_streams()
+    await asyncio.wait_for(writer, 30)
+    assert [data for _, _, data in write.stored] == ["one\n", "two\n", "three\n"]
+    assert [seq for seq, _, _ in write.stored] == [1, 2, 3]
+    assert write.calls > 3 and write.attempts_seen[:4] == [0, 1, 2, 3]
+    assert sink.stored_seq == 3 and sink.failure is None
+
+
+async def test_it_holds_the_readers_while_a_failing_write_is_retried():
+    write = _FlakyWrite(failures=10**9)
+    sink = OutputSink("01TEST", write, max_chunk_bytes=1024, outage_limit=3600)
+    writer = asyncio.create_task(sink.run())
+    await sink.feed("stdout", b"line\n" * PENDING_HIGH_WATER_LINES)
+    blocked = asyncio.create_task(sink.feed("stdout", b"more\n"))
+    await wait_for_condition(lambda: write.calls >= 3)
+    assert not blocked.done() and not sink.has_room  # the action would block on its pipe
+    write.failures = 0  # the database is back
+    await asyncio.wait_for(blocked, 30)
+    sink.close_streams()
+    await asyncio.wait_for(writer, 30)
+    assert [seq for seq, _, _ in write.stored] == list(range(1, PENDING_HIGH_WATER_LINES + 2))
+    assert write.stored[-1][2] == "more\n"
+
+
+async def test_it_gives_up_after_the_outage_limit_and_says_why():
+    write = _FlakyWrite(failures=10**9)
+    sink = OutputSink("01TEST", write, max_chunk_bytes=1024, outage_limit=0.3)
+    writer = asyncio.create_task(sink.run())
+    await sink.feed("stdout", b"lost\n")
+    with pytest.raises(OutputLost, match="unavailable for more than 0 s"):
+        await asyncio.wait_for(writer, 30)
+    assert "output after seq 0 could not be stored" in sink.failure
+    await asyncio.wait_for(sink.feed("stdout", b"x\n" * 100_000), 5)  # never blocks now
+    assert write.stored == []
+
+
+async def test_it_gives_up_at_once_on_an_error_retrying_cannot_fix():
+    write = _FlakyWrite(failures=10**9, error=ValueError("bad data"))
+    sink = OutputSink(
+        "01TEST",
+        write,
+        max_chunk_bytes=1024,
+        retryable=lambda exc: not isinstance(exc, ValueError),
+    )
+    writer = asyncio.create_task(sink.run())
+    await sink.feed("stdout", b"x\n")
+    with pytest.raises(OutputLost, match="bad data"):
+        await asyncio.wait_for(writer, 30)
+    assert write.calls == 1
+
+
+async def wait_for_condition(predicate, timeout: float = 30):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def test_it_stores_nul_as_the_visible_substitute():
+    capture = StreamCapture("stdout", [], max_chunk_bytes=1024)
+    assert capture.feed(b"a\x00b\n\x00", now=0) == [f"a{NUL_SUBSTITUTE}b\n"]
+    assert capture.close(now=0) == [NUL_SUBSTITUTE]

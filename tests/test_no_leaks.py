@@ -16,7 +16,9 @@ from channels.testing import WebsocketCommunicator
 from executions import publish, services, storage
 from executions.capture import Batch
 from executions.models import Execution
+from rbac.access import visible_among
 from rbac.models import ApiKey
+from streaming import event_feed
 from tests.rbac_helpers import (
     SECRET,
     World,
@@ -24,17 +26,15 @@ from tests.rbac_helpers import (
     build_world,
     call,
     created_event_of,
-    home_loop,  # noqa: F401 (fixture)
     marker_child,
     open_stream,
-    quick_passwords,  # noqa: F401 (fixture)
 )
 from tests.server_helpers import serve
 from tests.streaming_helpers import write
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("quick_passwords", "home_loop"),
+    pytest.mark.usefixtures("home_loop"),
 ]
 
 db = database_sync_to_async
@@ -74,6 +74,10 @@ def _check_seen(world: World, name: str, frames: list[dict], markers: dict[str, 
         assert markers[marker] in SEES[name], f"{name} saw a marker under {markers[marker]}"
 
 
+def _output_of(execution_id: str):
+    return lambda frame: frame["event"] == OUTPUT and frame["data"]["execution_id"] == execution_id
+
+
 async def test_it_streams_each_persona_exactly_what_it_may_see(world):
     markers: dict[str, str] = {}  # marker execution id → its parent's name
     for name in SEES:
@@ -85,15 +89,48 @@ async def test_it_streams_each_persona_exactly_what_it_may_see(world):
         await write(await db(_execution)(world, "X"), [f"theirs for {name}\n"])
         marker = await db(marker_child)(world, MARKER_PARENT[name])
         markers[marker.id] = MARKER_PARENT[name]
-        frames = await stream.until(created_event_of(marker.id))
+        # The read ends at the marker's output, not its creation: a creation can also come
+        # from the log (the stream replays lifecycle events after Last-Event-ID 0), ahead of
+        # the live output still waiting in the stream's inbox; output only ever comes live,
+        # in publish order, so everything written before the marker's line is in by then.
+        await write(marker, ["marker\n"])
+        frames = await stream.until(_output_of(marker.id))
         await stream.close()
         _check_seen(world, name, frames, markers)
+
+
+async def test_a_grantee_gets_a_new_childs_output_that_overtook_its_creation(world, monkeypatch):
+    """A child's creation rings the events group and its output the output group; Redis does
+    not order two groups, so the output can come first. The stream then reads the grant."""
+    reads = []
+
+    def counted(user, execution_ids, **kwargs):
+        reads.append(set(execution_ids))
+        return visible_among(user, execution_ids, **kwargs)
+
+    monkeypatch.setattr(event_feed, "visible_among", counted)
+    headers = world.personas["grantee"].api_headers
+    stream = await open_stream("/api/v1/stream", query=f"events={OUTPUT}", headers=headers)
+    assert stream.status == 200
+    with monkeypatch.context() as late:
+        late.setattr(publish, "group_send", lambda group, message: None)  # creations unrung
+        child = await db(marker_child)(world, "E1")
+        stranger = await db(services.create_execution)(
+            child.action, {"count": 1}, tenant=world.tenants["default"]
+        )
+    await write(stranger, ["not granted\n"])  # same tenant, not a child of E1
+    await write(stranger, ["still not granted\n"])
+    await write(child, ["granted through E1\n"])
+    frames = await stream.until(_output_of(child.id))
+    await stream.close()
+    assert [frame["data"]["data"] for frame in frames] == ["granted through E1\n"]
+    assert reads == [{stranger.id}, {child.id}]  # the stranger's answer was remembered
 
 
 async def _socket(persona) -> WebsocketCommunicator:
     headers = [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1"), *persona.api_headers]
     socket = WebsocketCommunicator(asgi, "/ws/v1/stream", headers=headers)
-    connected, _ = await socket.connect(timeout=10)
+    connected, _ = await socket.connect(timeout=30)
     assert connected
     return socket
 
@@ -102,7 +139,7 @@ async def _follow(socket, execution_id: str) -> str:
     """Subscribe to one execution's output: `done` when allowed, else the error status."""
     await socket.send_json_to({"action": "subscribe", "execution": execution_id})
     while True:
-        message = await socket.receive_json_from(timeout=10)
+        message = await socket.receive_json_from(timeout=30)
         if message["event"] == "error":
             return message["data"]["status"]
         if message["event"] == "done" and message["execution"] == execution_id:
@@ -118,14 +155,16 @@ async def test_it_carries_each_persona_exactly_what_it_may_see_over_websocket(wo
             assert await _follow(socket, world.ids[target]) == expected, (name, target)
         await socket.send_json_to({"action": "subscribe_events", "events": "*", "last_event_id": 0})
         # Subscribed means the live groups are joined: output from now on reaches the socket.
-        while (await socket.receive_json_from(timeout=10))["event"] != "subscribed":
+        while (await socket.receive_json_from(timeout=30))["event"] != "subscribed":
             pass
         await write(await db(_execution)(world, "E1"), [f"live for {name}\n"])
         await write(await db(_execution)(world, "X"), [f"theirs for {name}\n"])
         marker = await db(marker_child)(world, MARKER_PARENT[name])
         markers[marker.id] = MARKER_PARENT[name]
+        # Ends at the marker's output, as above: its creation may come from the log replay.
+        await write(marker, ["marker\n"])
         frames = []
-        while not frames or not created_event_of(marker.id)(frames[-1]):
+        while not frames or not _output_of(marker.id)(frames[-1]):
             message = await socket.receive_json_from(timeout=20)
             if message.get("stream") == "events" and "data" in message:
                 frames.append(message)

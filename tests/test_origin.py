@@ -33,9 +33,9 @@ async def _connect(origins: list[str], host: str = HOST, scheme: str = "ws", ext
     headers += list(extra)
     communicator = WebsocketCommunicator(application, "/ws/v1/stream", headers=headers)
     communicator.scope["scheme"] = scheme
-    connected, _ = await communicator.connect(timeout=5)
+    connected, _ = await communicator.connect(timeout=20)
     if connected:
-        assert await communicator.receive_json_from(timeout=5) == {"user": None}
+        assert await communicator.receive_json_from(timeout=20) == {"user": None}
     await communicator.disconnect()
     return connected
 
@@ -80,7 +80,7 @@ async def test_it_refuses_a_missing_host():
     communicator = WebsocketCommunicator(
         application, "/ws/v1/stream", headers=[(b"origin", b"http://127.0.0.1:8000")]
     )
-    connected, _ = await communicator.connect(timeout=5)
+    connected, _ = await communicator.connect(timeout=20)
     assert not connected
 
 

@@ -2,7 +2,12 @@
 
 import pytest
 
-from executions.parameters import ParameterError, check_schema, validate_parameters
+from executions.parameters import (
+    ParameterError,
+    check_schema,
+    distinct_hosts,
+    validate_parameters,
+)
 
 SCHEMA = {
     "cmd": {"type": "string", "required": True},
@@ -195,3 +200,9 @@ def test_it_names_the_field_of_each_schema_problem():
         "parameters.s.type: 'text' is not one of string, integer, number, boolean, array, object",
         "parameters.1x: the name must be letters, digits and '_'",
     ]
+
+
+def test_a_remote_runs_hosts_are_counted_as_the_runner_runs_them():
+    hosts = {"hosts": [" web1 ", "", "web2", "web1", "  ", 7]}
+    assert distinct_hosts(hosts) == ["web1", "web2"]
+    assert distinct_hosts({"hosts": "web1"}) == [] and distinct_hosts({}) == []

@@ -382,7 +382,7 @@ def test_it_lets_a_tenant_admin_grant_on_its_tenant_only(
 ):
     client = _admin(owner)
     page = f"/admin/executions/tenant/{tenant.pk}/change/"
-    rows = [{"user": grantee.pk, "role": "viewer"}]
+    rows = [{"user": grantee.username, "role": "viewer"}]  # typed by exact name
     response = client.post(page, _inline_post("grants", rows, slug="renamed", name="Renamed"))
     assert response.status_code == 302
     assert _ids(visible_executions(grantee)) == {ours.id}

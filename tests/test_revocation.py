@@ -1,10 +1,14 @@
-"""Revocation is live: within 5 s of a grant or permission going, a user being deactivated or
-a key being revoked, open streams stop delivering what the caller may no longer see.
+"""Revocation is pushed: when a grant or permission goes, a user is deactivated or a key is
+revoked, open streams stop delivering what the caller may no longer see.
 
-Streams re-check every STREAM_ACCESS_RECHECK_SECONDS (2 s, not shortened here): the bound is
-tested with the configuration that ships. Each case has a persona who also keeps something
-visible (in the other tenant), so a probe written after the bound can be shown to be withheld
-by a marker the persona still receives after it.
+The access doorbell (rbac/signals.py) makes each web process re-check the caller's streams at
+once. The periodic safety re-check (STREAM_ACCESS_RECHECK_SECONDS) is set to an hour here, so
+whatever ends a stream in these tests is the doorbell; the tests wait on conditions, never on
+a clock. Each case has a persona who also keeps something visible (in the other tenant), so a
+probe written after the re-check can be shown to be withheld by a marker the persona still
+receives after it. When the re-check has happened is seen on a witness: a second stream of
+the same caller, of the revoked execution, which the same re-check ends (the guard hands its
+verdict to all of a caller's streams at once, and a stream takes it before any later message).
 """
 
 import time
@@ -21,20 +25,20 @@ from rbac.models import ApiKey, Role, TenantGrant
 from tests.rbac_helpers import (
     asgi,
     created_event_of,
-    home_loop,  # noqa: F401 (fixture)
     open_stream,
-    quick_passwords,  # noqa: F401 (fixture)
     session_headers,
 )
 from tests.streaming_helpers import running_execution, write
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("quick_passwords", "home_loop"),
+    pytest.mark.usefixtures("home_loop"),
 ]
 
 db = database_sync_to_async
-BOUND = 5.0  # seconds from the revocation to the last delivery
+# A failure bound only: the doorbell ends access in milliseconds, and the safety re-check that
+# could otherwise end it is an hour away (`_no_safety_recheck`).
+WAIT_SECONDS = 60
 KINDS = ("grant", "permission", "group", "deactivate", "key")
 # These end the caller's access to everything: the stream itself ends.
 ENDS_ALL = {"deactivate", "key"}
@@ -84,41 +88,57 @@ class Case:
         return services.create_execution(self.x.action, {"count": 1}, parent=self.x)
 
 
+@pytest.fixture(autouse=True)
+def _no_safety_recheck(settings):
+    settings.STREAM_ACCESS_RECHECK_SECONDS = 3600
+
+
 @pytest.fixture(params=KINDS)
 def case(request, actions, tenant, other_tenant) -> Case:
     return Case(request.param, actions, tenant, other_tenant)
 
 
-async def _revoke(case: Case) -> float:
-    await db(case.revoke)()
-    return time.monotonic()
+async def _witness(case: Case):
+    """A stream of the revoked execution, opened by the same caller before the revocation."""
+    stream = await open_stream(
+        f"/api/v1/executions/{case.r.id}/output/stream", headers=case.headers
+    )
+    assert stream.status == 200
+    return stream
 
 
-async def test_it_ends_an_output_stream_within_5_seconds(case):
+async def _rechecked(witness) -> None:
+    """The caller's streams have been re-checked: the witness ended."""
+    await witness.drain(WAIT_SECONDS)
+    assert witness.ended, "no re-check after the revocation: the doorbell did not ring"
+
+
+async def test_it_ends_an_output_stream_when_access_goes(case):
     stream = await open_stream(
         f"/api/v1/executions/{case.r.id}/output/stream", headers=case.headers
     )
     assert stream.status == 200
     await write(case.r, ["before\n"])
     assert (await stream.next_frame())["data"]["data"] == "before\n"
-    revoked_at = await _revoke(case)
-    frames = await stream.drain(BOUND)
-    assert stream.ended, f"the stream is still open {BOUND} s after the revocation"
-    assert time.monotonic() - revoked_at < BOUND
+    await db(case.revoke)()
+    frames = await stream.drain(WAIT_SECONDS)
+    assert stream.ended, "the stream is still open after the revocation"
     assert "done" not in [frame["event"] for frame in frames]
 
 
-async def test_it_stops_the_event_stream_within_5_seconds(case):
+async def test_it_stops_the_event_stream_when_access_goes(case):
     stream = await open_stream("/api/v1/stream", query="events=*", headers=case.headers)
     assert stream.status == 200
+    witness = await _witness(case)
     await write(case.r, ["before\n"])
     assert (await stream.next_frame())["data"]["execution_id"] == case.r.id
-    revoked_at = await _revoke(case)
-    await stream.drain(BOUND - (time.monotonic() - revoked_at))  # what comes until the bound
+    await db(case.revoke)()
     if case.kind in ENDS_ALL:
+        await stream.drain(WAIT_SECONDS)
         assert stream.ended, "the stream of a revoked caller is still open"
         return
-    await write(case.r, ["probe after the bound\n"])
+    await _rechecked(witness)
+    await write(case.r, ["probe after the re-check\n"])
     marker = await db(case.marker)()
     frames = await stream.until(created_event_of(marker.id))
     await stream.close()
@@ -129,7 +149,7 @@ async def test_it_stops_the_event_stream_within_5_seconds(case):
 async def _socket(case: Case) -> WebsocketCommunicator:
     headers = [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1"), *case.headers]
     socket = WebsocketCommunicator(asgi, "/ws/v1/stream", headers=headers)
-    connected, _ = await socket.connect(timeout=10)
+    connected, _ = await socket.connect(timeout=30)
     assert connected
     return socket
 
@@ -142,45 +162,45 @@ async def _next(socket, event: str, timeout: float = 10) -> dict:
             return message
 
 
-async def test_it_ends_a_websocket_subscription_within_5_seconds(case):
+async def test_it_ends_a_websocket_subscription_when_access_goes(case):
     socket = await _socket(case)
     await socket.send_json_to({"action": "subscribe", "execution": case.r.id})
     await _next(socket, "subscribed")
     await write(case.r, ["before\n"])
     assert (await _next(socket, "execution.output__create"))["data"]["data"] == "before\n"
-    revoked_at = await _revoke(case)
-    error = await _next(socket, "error", timeout=BOUND)
-    assert time.monotonic() - revoked_at < BOUND
+    await db(case.revoke)()
+    error = await _next(socket, "error", timeout=WAIT_SECONDS)
+    if case.kind in ENDS_ALL:  # the caller no longer authenticates: the socket closes
+        assert error["execution"] == case.r.id and error["data"]["status"] == 401
+        assert (await socket.receive_output(timeout=WAIT_SECONDS))["code"] == 4401
+        return
     assert error["execution"] == case.r.id and error["data"]["status"] == 404
     # Nor may the open socket subscribe again: the answer is immediate.
     await socket.send_json_to({"action": "subscribe", "execution": case.r.id, "from": 1})
-    again = await socket.receive_json_from(timeout=BOUND)
+    again = await socket.receive_json_from(timeout=WAIT_SECONDS)
     assert (again["event"], again["data"]["status"]) == ("error", 404)
     await socket.disconnect()
 
 
-async def test_it_stops_websocket_events_within_5_seconds(case):
+async def test_it_stops_websocket_events_when_access_goes(case):
     socket = await _socket(case)
     await socket.send_json_to({"action": "subscribe_events", "events": "*"})
     await _next(socket, "subscribed")
+    witness = await _witness(case)
     await write(case.r, ["before\n"])
     assert (await _next(socket, "execution.output__create"))["execution"] == case.r.id
-    revoked_at = await _revoke(case)
+    await db(case.revoke)()
     if case.kind in ENDS_ALL:
-        error = await _next(socket, "error", timeout=BOUND)
-        assert time.monotonic() - revoked_at < BOUND
+        error = await _next(socket, "error", timeout=WAIT_SECONDS)
         assert error["data"]["status"] in (401, 404)
         await socket.disconnect()
         return
-    while (left := BOUND - (time.monotonic() - revoked_at)) > 0:  # what comes until the bound
-        if await socket.receive_nothing(timeout=left, interval=0.02):
-            break
-        await socket.receive_json_from(timeout=1)
-    await write(case.r, ["probe after the bound\n"])
+    await _rechecked(witness)
+    await write(case.r, ["probe after the re-check\n"])
     marker = await db(case.marker)()
     leaked = []
     while True:
-        message = await socket.receive_json_from(timeout=20)
+        message = await socket.receive_json_from(timeout=WAIT_SECONDS)
         if created_event_of(marker.id)(message):
             break
         if message["event"] == "execution.output__create":

@@ -25,8 +25,8 @@ print(json.dumps({
     "secret_key_sha": hashlib.sha256(settings.SECRET_KEY.encode()).hexdigest(),
     "output_ttl_days": settings.OUTPUT_TTL_DAYS,
     "keepalive": settings.STREAM_KEEPALIVE_SECONDS,
-    "sse_max": settings.SSE_MAX_CONNECTIONS_PER_TENANT,
-}))
+    "stream_max": settings.STREAM_MAX_CONNECTIONS_PER_TENANT,
+}, default=repr))
 """
 # Waiting for a fresh interpreter to import Django and our settings.
 SUBPROCESS_TIMEOUT_SECONDS = 60
@@ -66,7 +66,11 @@ def test_it_runs_embedded_without_configuration(tmp_path):
     assert resolved["layer"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
     assert resolved["debug"] is False
     assert resolved["allowed_hosts"] == ["127.0.0.1", "localhost", "[::1]"]
-    assert (resolved["output_ttl_days"], resolved["keepalive"], resolved["sse_max"]) == (7, 15, 10)
+    assert (resolved["output_ttl_days"], resolved["keepalive"], resolved["stream_max"]) == (
+        7,
+        15,
+        10,
+    )
 
 
 def test_it_keeps_a_generated_secret_key_between_starts(tmp_path):
@@ -91,10 +95,14 @@ def test_it_runs_clustered_with_postgres_and_redis(tmp_path):
     assert resolved["conn_max_age"] == 60
     layer = resolved["layer"]
     assert layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
-    assert layer["CONFIG"]["hosts"] == ["redis://redis.example:6379/2"]
+    (host,) = layer["CONFIG"]["hosts"]
+    assert host["address"] == "redis://redis.example:6379/2"
+    # Above channels-redis's 5 s BZPOPMIN block, or an idle receive times out (settings.py).
+    assert host["socket_timeout"] > 5
+    assert host["retry"].startswith("<redis.asyncio.retry.Retry")
     assert layer["CONFIG"]["capacity"] == 1000
     assert layer["CONFIG"]["expiry"] == 60
-    assert layer["CONFIG"]["group_expiry"] == 86400
+    assert layer["CONFIG"]["group_expiry"] == 300
     assert not (tmp_path / "tailgate.sqlite3").exists()
 
 
@@ -105,12 +113,18 @@ def test_it_reads_its_settings_from_the_environment(tmp_path):
         ALLOWED_HOSTS="a.example,b.example",
         OUTPUT_TTL_DAYS="3",
         STREAM_KEEPALIVE_SECONDS="5",
-        SSE_MAX_CONNECTIONS_PER_TENANT="4",
+        STREAM_MAX_CONNECTIONS_PER_TENANT="4",
     )
 
     assert resolved["debug"] is True
     assert resolved["allowed_hosts"] == ["a.example", "b.example"]
-    assert (resolved["output_ttl_days"], resolved["keepalive"], resolved["sse_max"]) == (3, 5, 4)
+    assert (resolved["output_ttl_days"], resolved["keepalive"], resolved["stream_max"]) == (3, 5, 4)
+
+
+def test_it_still_reads_the_milestone_one_names_of_the_stream_limits(tmp_path):
+    assert _settings(tmp_path, SSE_MAX_CONNECTIONS_PER_TENANT="7")["stream_max"] == 7
+    both = {"SSE_MAX_CONNECTIONS_PER_TENANT": "7", "STREAM_MAX_CONNECTIONS_PER_TENANT": "3"}
+    assert _settings(tmp_path, **both)["stream_max"] == 3  # the new name wins
 
 
 def test_it_passes_the_deployment_checks(tmp_path):

@@ -1,5 +1,6 @@
 """`GET /api/v1/stream`: the global event stream, frame by frame."""
 
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -8,14 +9,16 @@ from django.utils import timezone
 
 from executions import publish, services
 from executions.models import ExecutionEvent
+from streaming.event_ids import decode as id_of
+from streaming.event_ids import encode as token
 from streaming.live import LIVE_BUFFER_MESSAGES
 from tests.streaming_helpers import (
     Response,
     db,
     eventually,
     finish,
+    followers,
     group_size,
-    home_loop,  # noqa: F401 (fixture)
     running_execution,
     store,
     write,
@@ -69,7 +72,7 @@ async def test_it_sends_lifecycle_events_of_visible_tenants_only(
         "scheduled",
     )
     assert (running["event"], running["data"]["status"]) == ("execution__update", "running")
-    assert [created["id"], running["id"]] == await db(event_ids)(mine.id)
+    assert [id_of(created["id"]), id_of(running["id"])] == await db(event_ids)(mine.id)
     assert created["data"]["tenant"] == "default"
     await write(mine, ["not asked for\n"])  # output is opt-in
     await finish(mine)
@@ -120,12 +123,12 @@ async def test_it_resumes_exactly_after_last_event_id(actions, tenant, member):
     first = await db(running_execution)(actions["examples.print_lines"], tenant)
     await finish(first)
     ids = await db(event_ids)()
-    response = await connect(member, last_event_id=ids[0], tenant=tenant)
+    response = await connect(member, last_event_id=token(ids[0]), tenant=tenant)
     replayed = [await response.next_sse() for _ in ids[1:]]
-    assert [f["id"] for f in replayed] == ids[1:]
+    assert [id_of(f["id"]) for f in replayed] == ids[1:]
     second = await db(running_execution)(actions["examples.print_lines"], tenant)
     live = await response.next_sse()
-    assert (live["data"]["id"], live["id"]) == (second.id, ids[-1] + 1)
+    assert live["data"]["id"] == second.id and id_of(live["id"]) > ids[-1]
 
 
 async def test_it_resets_a_cursor_older_than_the_retention(actions, tenant, member, settings):
@@ -135,14 +138,14 @@ async def test_it_resets_a_cursor_older_than_the_retention(actions, tenant, memb
     await db(ExecutionEvent.objects.filter(execution_id=old.id).update)(created_at=long_ago)
     recent = await db(running_execution)(actions["examples.print_lines"], tenant)
     recent_ids = await db(event_ids)(recent.id)
-    response = await connect(member, last_event_id=old_ids[0], tenant=tenant)
+    response = await connect(member, last_event_id=token(old_ids[0]), tenant=tenant)
     reset = await response.next_sse()
     assert reset == {
         "event": "reset",
-        "id": recent_ids[0] - 1,
-        "data": {"last_event_id": old_ids[0], "earliest_id": recent_ids[0]},
+        "id": token(recent_ids[0] - 1),
+        "data": {"last_event_id": token(old_ids[0]), "earliest_id": token(recent_ids[0])},
     }
-    assert [(await response.next_sse())["id"] for _ in recent_ids] == recent_ids
+    assert [id_of((await response.next_sse())["id"]) for _ in recent_ids] == recent_ids
 
 
 async def test_it_counts_lagged_output_after_its_own_filters(
@@ -160,7 +163,7 @@ async def test_it_counts_lagged_output_after_its_own_filters(
     (channel,) = layer.groups[group]
     total = LIVE_BUFFER_MESSAGES + 40
     for seq in range(1, total + 1):
-        # Straight onto the stream's channel, so its pump cannot drain in between.
+        # Straight onto the process hub's channel, so it cannot drain in between.
         for execution in (wanted, unwanted, hidden):
             await layer.send(channel, _batch(execution, seq))
     frames = [await response.next_sse() for _ in range(LIVE_BUFFER_MESSAGES + 1)]
@@ -203,9 +206,9 @@ async def test_it_recovers_lifecycle_events_from_the_log_when_it_falls_behind(
     frames = [await response.next_sse() for _ in range(len(rows) + 1)]
     lagged = frames[LIVE_BUFFER_MESSAGES]
     assert lagged["event"] == "lagged"
-    assert lagged["data"] == {"skipped": 0, "resumed_after": rows[0].id - 1}
+    assert lagged["data"] == {"skipped": 0, "resumed_after": token(rows[0].id - 1)}
     events = frames[:LIVE_BUFFER_MESSAGES] + frames[LIVE_BUFFER_MESSAGES + 1 :]
-    assert [f["id"] for f in events] == [row.id for row in rows]
+    assert [id_of(f["id"]) for f in events] == [row.id for row in rows]
 
 
 def _silent_events(execution, count: int) -> list[ExecutionEvent]:
@@ -237,7 +240,7 @@ async def test_it_delivers_an_event_whose_transaction_committed_late(actions, te
     frames = [await response.next_sse(), await response.next_sse()]
     assert [f["data"]["id"] for f in frames] == [execution.id, execution.id]
     # Each once; the cursor (`id:`) never goes back, so a reconnect repeats nothing.
-    assert [f["id"] for f in frames] == [later.id, later.id]
+    assert [id_of(f["id"]) for f in frames] == [later.id, later.id]
     await finish(execution)
     assert (await response.next_sse())["data"]["status"] == "succeeded"
 
@@ -288,7 +291,7 @@ async def test_it_stops_delivering_a_tenant_whose_grant_is_removed(
 
 
 async def _empty(group: str) -> bool:
-    return await group_size(group) == 0
+    return await followers(group) == 0
 
 
 async def test_it_ends_the_stream_of_a_deactivated_user(tenant, member, settings):
@@ -306,4 +309,51 @@ async def test_it_finds_events_whose_doorbell_was_lost(actions, tenant, member, 
     response = await connect(member, tenant=tenant)
     (row,) = await db(_silent_events)(execution, 1)  # in the log, never announced
     frame = await response.next_sse(timeout=5)
-    assert frame["id"] == row.id
+    assert id_of(frame["id"]) == row.id
+
+
+async def test_it_follows_a_tenant_created_after_it_opened(actions, tenant, superuser):
+    from executions.models import Tenant
+
+    response = await connect(superuser, tenant=tenant)
+    late = await db(Tenant.objects.create)(slug="late", name="Late")
+    group = publish.tenant_events_group(late.id)
+    await eventually(lambda: followers(group), what="the new tenant's group")  # well within 5 s
+    created = await db(services.create_execution)(actions["examples.print_lines"], {}, tenant=late)
+    frame = await response.next_sse()
+    assert (frame["event"], frame["data"]["id"]) == ("execution__create", created.id)
+    await response.disconnect()
+
+
+@pytest.mark.parametrize("ahead", [1000, None, 2**63 - 1])  # ahead, forged, out of range
+async def test_it_resets_a_cursor_from_the_future_then_goes_live(actions, tenant, member, ahead):
+    execution = await db(running_execution)(actions["examples.print_lines"], tenant)
+    latest = (await db(event_ids)())[-1]
+    beyond = token(latest + ahead) if ahead == 1000 else (2**52 - 1 if ahead is None else ahead)
+    response = await connect(member, last_event_id=beyond, tenant=tenant)
+    reset = await response.next_sse()
+    assert (reset["event"], id_of(reset["id"])) == ("reset", latest)
+    assert reset["data"]["last_event_id"] == beyond
+    await finish(execution)
+    live = await response.next_sse()  # then live, from now on
+    assert (live["data"]["id"], live["data"]["status"]) == (execution.id, "succeeded")
+    await response.disconnect()
+
+
+async def test_its_ids_show_nothing_of_other_tenants_activity(
+    actions, tenant, other_tenant, member
+):
+    action = actions["examples.print_lines"]
+    response = await connect(member, tenant=tenant)
+    mine = []
+    for _ in range(3):
+        await db(running_execution)(action, other_tenant)  # ids the member never sees
+        mine.append(await db(running_execution)(action, tenant))
+    frames = [await response.next_sse() for _ in range(6)]  # create + running, each
+    tokens = [frame["id"] for frame in frames]
+    raw = [id_of(t) for t in tokens]
+    assert raw == sorted(raw) and len(set(raw)) == 6  # the order is there, decoded ...
+    assert any(b - a > 2 for a, b in itertools.pairwise(raw))  # ... with gaps
+    assert min(tokens) > 10**6  # on the wire: no small sequence numbers to subtract
+    assert all(0 < t < 2**53 for t in tokens)  # exact in JavaScript
+    await response.disconnect()

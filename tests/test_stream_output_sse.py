@@ -16,10 +16,9 @@ from tests.streaming_helpers import (
     db,
     eventually,
     finish,
+    followers,
     group_size,
-    home_loop,  # noqa: F401 (fixture)
     ring,
-    running_execution,
     seqs,
     store,
     write,
@@ -30,11 +29,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 def path(execution) -> str:
     return f"/api/v1/executions/{execution.id}/output/stream"
-
-
-@pytest.fixture
-def execution(actions, tenant):
-    return running_execution(actions["examples.print_lines"], tenant)
 
 
 async def test_it_replays_then_follows_live_then_ends_with_done(execution, member):
@@ -202,7 +196,7 @@ async def test_it_answers_a_finished_execution_at_once(execution, member):
     response = await Response.get(path(execution), user=member)
     frames = await response.events_until("done")
     assert seqs(frames) == [1]
-    await response.body(timeout=2)
+    await response.body()  # and the response ends
 
 
 async def test_it_says_when_the_output_was_purged(execution, member):
@@ -293,13 +287,15 @@ async def test_it_sends_keepalive_comments(execution, member, settings):
     assert await response.next_sse(comments=True) == {"comment": "keepalive"}
 
 
-async def test_it_releases_everything_when_the_client_goes(execution, member):
+async def test_it_releases_everything_when_the_client_goes(execution, member, settings):
+    settings.STREAM_GROUP_LINGER_SECONDS = 0.1
     response = await Response.get(path(execution), user=member)
     group = publish.execution_group(execution.id)
     await eventually(lambda: group_size(group), what="subscribe")
     await response.next_sse(comments=True)
     await response.disconnect()  # waits for the app to return (at most 2 s)
-    assert await group_size(group) == 0
+    assert await followers(group) == 0  # at once
+    await eventually(lambda: _has(group, 0), what="the hub to leave the group")
 
 
 async def test_it_stops_delivering_when_access_is_revoked(execution, member, settings):
@@ -343,7 +339,7 @@ async def test_it_delivers_a_fast_execution_whole_through_a_layer_of_capacity_on
     )
     clients = [await Response.get(path(created), "from=0", user=member) for _ in range(3)]
     group = publish.execution_group(created.id)
-    await eventually(lambda: _has(group, 3), what="three subscribers")
+    await eventually(lambda: _following(group, 3), what="three subscribers")
     runner = asyncio.create_task(_run(created.id))
     received = [await client.events_until("done", timeout=60) for client in clients]
     assert (await runner).last_seq == 3000
@@ -354,6 +350,10 @@ async def test_it_delivers_a_fast_execution_whole_through_a_layer_of_capacity_on
 
 async def _has(group: str, count: int) -> bool:
     return await group_size(group) == count
+
+
+async def _following(group: str, count: int) -> bool:
+    return await followers(group) == count
 
 
 async def _run(execution_id):
@@ -372,14 +372,14 @@ async def test_it_answers_429_before_the_stream_when_the_tenant_is_full(
 ):
     import uuid
 
-    settings.SSE_MAX_CONNECTIONS_PER_TENANT = 1
-    settings.SSE_LIMIT_KEY_PREFIX = f"test-streams-{uuid.uuid4().hex}"  # apart from other runs
+    settings.STREAM_MAX_CONNECTIONS_PER_TENANT = 1
+    settings.STREAM_LIMIT_KEY_PREFIX = f"test-streams-{uuid.uuid4().hex}"  # apart from other runs
     first = await Response.get(path(execution), user=member)
     assert first.status == 200
     second = await Response.get(path(execution), user=member)
     await second.body()
     assert (second.status, second.headers["content-type"]) == (429, "application/problem+json")
-    assert second.headers["retry-after"] == str(settings.SSE_RETRY_AFTER_SECONDS)
+    assert second.headers["retry-after"] == str(settings.STREAM_RETRY_AFTER_SECONDS)
     await first.disconnect()  # frees the slot
     third = await Response.get(path(execution), user=member)
     assert third.status == 200

@@ -7,13 +7,14 @@ from django.contrib.auth.models import AnonymousUser
 
 from executions import publish
 from executions.models import ExecutionEvent
+from streaming.event_ids import decode as id_of
+from streaming.event_ids import encode as token
 from streaming.routing import websocket_routes
 from tests.streaming_helpers import (
     db,
     eventually,
     finish,
-    group_size,
-    home_loop,  # noqa: F401 (fixture)
+    followers,
     running_execution,
     store,
     write,
@@ -135,18 +136,18 @@ async def test_it_stops_an_execution_on_unsubscribe(two, member):
         "execution": first.id,
         "data": {},
     }
-    assert await group_size(publish.execution_group(first.id)) == 0
+    assert await followers(publish.execution_group(first.id)) == 0
     await write(first, ["not wanted\n"])
     await socket.send_json_to({"action": "subscribe", "execution": second.id})
     await write(second, ["wanted\n"])
     messages = await until(socket, lambda m: m["event"] == "execution.output__create")
     assert messages[-1]["execution"] == second.id
     await socket.disconnect()
-    await eventually(lambda: _empty(publish.execution_group(second.id)), timeout=2, what="release")
+    await eventually(lambda: _empty(publish.execution_group(second.id)), what="release")
 
 
 async def _empty(group: str) -> bool:
-    return await group_size(group) == 0
+    return await followers(group) == 0
 
 
 async def test_it_carries_the_event_stream_with_filters_and_a_cursor(actions, tenant, member):
@@ -155,7 +156,11 @@ async def test_it_carries_the_event_stream_with_filters_and_a_cursor(actions, te
     cursor = await db(lambda: ExecutionEvent.objects.filter(execution_id=earlier.id).first().id)()
     socket = await connect(member)
     await socket.send_json_to(
-        {"action": "subscribe_events", "status": ["running", "succeeded"], "last_event_id": cursor}
+        {
+            "action": "subscribe_events",
+            "status": ["running", "succeeded"],
+            "last_event_id": token(cursor),
+        }
     )
     assert (await socket.receive_json_from())["event"] == "subscribed"
     running = await socket.receive_json_from()
@@ -167,7 +172,8 @@ async def test_it_carries_the_event_stream_with_filters_and_a_cursor(actions, te
     )
     await finish(earlier)
     finished = await socket.receive_json_from()
-    assert (finished["data"]["status"], finished["id"]) == ("succeeded", running["id"] + 1)
+    assert finished["data"]["status"] == "succeeded"
+    assert id_of(finished["id"]) == id_of(running["id"]) + 1
     await socket.disconnect()
 
 

@@ -12,7 +12,14 @@ from django.utils import timezone
 from executions import services
 from executions.models import Action, Execution, OutputChunk, RunnerType
 from executions.models.actions import MASK
-from executions.web.views import LINES_PAGE
+from executions.web.views import (
+    LINES_PAGE,
+    SEARCH_MAX_CHARS,
+    SEARCH_MAX_MATCHES,
+    SEARCH_SCAN_ROWS,
+    exit_note,
+    with_code,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -41,11 +48,15 @@ def _without_csrf(html: str) -> str:
     return re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"', "", html)
 
 
-def _add_output(execution: Execution, count: int) -> None:
+def _add_output(execution: Execution, count: int, text=lambda seq: f"line {seq}\n") -> None:
     now = timezone.now()
     OutputChunk.objects.bulk_create(
         OutputChunk(
-            execution=execution, seq=seq, output_type="stdout", data=f"line {seq}\n", timestamp=now
+            execution=execution,
+            seq=seq,
+            output_type="stderr" if "ERR" in text(seq) else "stdout",
+            data=text(seq),
+            timestamp=now,
         )
         for seq in range(1, count + 1)
     )
@@ -147,6 +158,42 @@ def test_it_shows_an_invalid_filter_as_an_error_and_ignores_it(client, actions, 
     assert page.status_code == 200
     assert "Select a valid choice" in page.text
     assert f'data-id="{execution.id}"' in page.text
+
+
+def test_it_answers_an_unknown_tenant_or_action_filter_with_a_message(
+    client, actions, tenant, member
+):
+    execution = _run(actions, tenant=tenant)
+    client = _login(client, member)
+    page = client.get("/executions/?tenant=nope")
+    assert "There is no tenant “nope” you may see; showing every tenant." in page.text
+    assert f'data-id="{execution.id}"' in page.text  # the filter is ignored, not applied
+    assert _config(page, "list-config")["filters"] == {}
+    page = client.get("/executions/?action=no.such")
+    assert "There is no action “no.such” you may see" in page.text
+    assert client.get("/executions/?tenant=default").text.count("There is no") == 0
+
+
+def test_it_explains_a_negative_exit_code(client, actions, tenant, member):
+    execution = _run(actions, tenant=tenant)
+    Execution.objects.filter(pk=execution.id).update(exit_code=-15, status="canceled")
+    page = _login(client, member).get(f"/executions/{execution.id}/")
+    assert "ended by signal 15, SIGTERM (canceled, timed out or the server stopped)" in page.text
+    assert exit_note(0) == exit_note(None) == ""
+    assert exit_note(-9) == "ended by signal 9, SIGKILL (killed)"
+    assert exit_note(-99) == "ended by signal 99"
+
+
+def test_it_renders_backticks_in_descriptions_as_code_and_escapes_the_rest():
+    assert with_code("run `ls -l` <now>") == "run <code>ls -l</code> &lt;now&gt;"
+    assert with_code("a `b` and `c") == "a <code>b</code> and `c"
+    assert with_code("`<script>`") == "<code>&lt;script&gt;</code>"
+
+
+def test_it_shows_action_descriptions_with_code(client, member, actions):
+    Action.objects.filter(ref="core.local").update(description="Runs `cmd` in a shell <b>.")
+    page = _login(client, member).get("/actions/")
+    assert "Runs <code>cmd</code> in a shell &lt;b&gt;." in page.text
 
 
 # --- the execution page ------------------------------------------------------------------
@@ -253,7 +300,14 @@ def test_it_returns_a_range_of_lines(client, actions, tenant, member):
     assert response.status_code == 200
     body = response.json()
     assert [chunk["seq"] for chunk in body["chunks"]] == list(range(11, 21))
-    assert body["chunks"][0] == {"seq": 11, "output_type": "stdout", "data": "line 11\n"}
+    first = body["chunks"][0]
+    assert {k: first[k] for k in ("seq", "output_type", "data")} == {
+        "seq": 11,
+        "output_type": "stdout",
+        "data": "line 11\n",
+    }
+    stamp = OutputChunk.objects.get(execution=execution, seq=11).timestamp
+    assert first["timestamp"] == stamp.isoformat()  # for the timestamps toggle
     assert (body["last_seq"], body["output_purged_at"]) == (30, None)
 
 
@@ -263,8 +317,9 @@ def test_it_returns_a_range_of_lines(client, actions, tenant, member):
 def test_it_refuses_a_bad_range(client, actions, tenant, member, query):
     execution = _run(actions, tenant=tenant)
     response = _login(client, member).get(f"/executions/{execution.id}/lines?{query}")
-    assert response.status_code == 400
+    assert (response.status_code, response["Content-Type"]) == (422, "application/problem+json")
     assert "from" in response.json()["detail"]
+    assert response.json()["errors"][0]["location"] == "query.from"
 
 
 def test_it_hides_lines_from_outsiders_and_anonymous_callers(client, actions, tenant, outsider):
@@ -273,8 +328,73 @@ def test_it_hides_lines_from_outsiders_and_anonymous_callers(client, actions, te
     anonymous = client.get(f"/executions/{execution.id}/lines?from=1&to=3")
     assert anonymous.status_code == 401
     hidden = _login(client, outsider).get(f"/executions/{execution.id}/lines?from=1&to=3")
+    assert (hidden.status_code, hidden["Content-Type"]) == (404, "application/problem+json")
+    assert "chunks" not in hidden.json()
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+def _search(client, execution, query: str):
+    return client.get(f"/executions/{execution.id}/search?{query}")
+
+
+def test_it_finds_lines_case_insensitively_in_bounded_steps(client, actions, tenant, member):
+    execution = _run(actions, tenant=tenant)
+    count = SEARCH_SCAN_ROWS + 50
+    _add_output(execution, count, lambda seq: f"Needle {seq}\n" if seq % 40_000 == 7 else "hay\n")
+    client = _login(client, member)
+    first = _search(client, execution, "q=needle&from=1").json()
+    assert first == {
+        "matches": [7, 40_007, 80_007],
+        "scanned_to": SEARCH_SCAN_ROWS,
+        "last_seq": count,
+    }
+    rest = _search(client, execution, f"q=NEEDLE&from={SEARCH_SCAN_ROWS + 1}").json()
+    assert rest == {"matches": [], "scanned_to": count, "last_seq": count}
+
+
+def test_it_stops_a_page_of_matches_at_the_cap(client, actions, tenant, member):
+    execution = _run(actions, tenant=tenant)
+    _add_output(execution, SEARCH_MAX_MATCHES + 10)
+    body = _search(_login(client, member), execution, "q=line").json()
+    assert body["matches"] == list(range(1, SEARCH_MAX_MATCHES + 1))
+    assert body["scanned_to"] == SEARCH_MAX_MATCHES  # the next page starts after the last match
+
+
+def test_it_finds_the_first_stderr_line_and_treats_wildcards_literally(
+    client, actions, tenant, member
+):
+    execution = _run(actions, tenant=tenant)
+    _add_output(execution, 20, lambda seq: f"ERR 100% _{seq}\n" if seq in (5, 9) else "ok 1\n")
+    client = _login(client, member)
+    assert _search(client, execution, "type=stderr").json()["matches"] == [5, 9]
+    assert _search(client, execution, "q=%25").json()["matches"] == [5, 9]  # `%` is literal
+    assert _search(client, execution, "q=_").json()["matches"] == [5, 9]
+    assert _search(client, execution, "q=ok&type=stderr").json()["matches"] == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "q=", "type=nope", "q=a&from=0", "q=a&from=x", "q=" + "a" * (SEARCH_MAX_CHARS + 1)],
+)
+def test_it_refuses_a_bad_search(client, actions, tenant, member, query):
+    execution = _run(actions, tenant=tenant)
+    response = _search(_login(client, member), execution, query)
+    assert (response.status_code, response["Content-Type"]) == (422, "application/problem+json")
+    assert response.json()["detail"] and response.json()["errors"][0]["location"].startswith(
+        "query."
+    )
+
+
+def test_it_hides_search_from_outsiders_and_anonymous_callers(client, actions, tenant, outsider):
+    execution = _run(actions, tenant=tenant)
+    _add_output(execution, 3)
+    assert _search(client, execution, "q=line").status_code == 401
+    hidden = _search(_login(client, outsider), execution, "q=line")
     assert hidden.status_code == 404
-    assert "line" not in hidden.text
+    assert "matches" not in hidden.json()
+    assert _search(client, Execution(id=MISSING_ID), "q=line").status_code == 404
 
 
 # --- the run form --------------------------------------------------------------------------
@@ -435,3 +555,16 @@ def test_it_answers_the_html_404_page_outside_the_api_and_problems_inside(client
     assert '<span class="user" title="Signed in as">member</span>' in page.text
     api = client.get("/api/v1/nothing-here/")
     assert (api.status_code, api["Content-Type"]) == (404, "application/problem+json")
+
+
+def test_it_names_the_object_in_the_guardian_page_header(client, superuser, actions):
+    action = actions["examples.deploy"]
+    client = _login(client, superuser)
+    page = client.get(f"/admin/executions/action/{action.pk}/permissions/")
+    assert page.status_code == 200
+    assert re.search(r"<h1>Object permissions</h1>\s*<h2>examples.deploy</h2>", page.text)
+    user = client.get(
+        f"/admin/executions/action/{action.pk}/permissions/user-manage/{superuser.pk}/"
+    )
+    assert user.status_code == 200
+    assert "<h2>examples.deploy</h2>" in user.text

@@ -1,3 +1,5 @@
+"""How the REST API authenticates a session (API keys: `rbac.authentication`)."""
+
 from rest_framework import authentication
 
 

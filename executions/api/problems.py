@@ -2,15 +2,20 @@
 
 DRF views go through `exception_handler`; requests that never reach a DRF view (an unknown
 path, a bad Host header, a crash in middleware) go through the Django handlers at the end.
+Bodies are built by `executions.problems` (shared with the streams, limits and web pages).
+
+Inputs Django itself refuses become 4xx here, never a 500: a body over
+DATA_UPLOAD_MAX_MEMORY_SIZE is 413, more than DATA_UPLOAD_MAX_NUMBER_FIELDS fields 400, any
+other SuspiciousOperation 400, and JSON nested past Python's recursion limit 400.
 """
 
 import logging
 import math
-from http import HTTPStatus
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, HttpRequest, JsonResponse
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
@@ -20,9 +25,16 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import set_rollback
 
+from executions.problems import (
+    PROBLEM_MEDIA_TYPE,
+    Problem,
+    printable,
+    problem_body,
+    problem_response,
+)
+
 log = logging.getLogger(__name__)
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
 API_PREFIX = "/api/"
 CATCH_ALL_URL_NAME = "api-not-found"
 
@@ -51,28 +63,23 @@ class Conflict(exceptions.APIException):
 def problem(
     status: int, detail: str, *, instance: str, errors: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """A problem details body; the type is `about:blank`, so the title is the status phrase."""
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-    }
-    if errors is not None:
-        body["errors"] = errors
-    return body
+    """A problem details body (kept for callers of this module: see executions.problems)."""
+    return problem_body(status, detail, instance=instance, errors=errors)
 
 
-def problem_response(request: HttpRequest, status: int, detail: str, **kwargs) -> JsonResponse:
-    """A plain Django response carrying a problem (for code outside DRF views)."""
-    body = problem(status, detail, instance=request.path, **kwargs)
-    return JsonResponse(
-        body,
-        status=status,
-        content_type=PROBLEM_MEDIA_TYPE,
-        json_dumps_params={"separators": (",", ":")},  # as compact as DRF's own answers
-    )
+class TooLarge(exceptions.APIException):
+    status_code = 413
+    default_detail = "The request body is larger than this server accepts."
+
+
+class FromProblem(exceptions.APIException):
+    """A transport-neutral Problem raised under a DRF view."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem.detail)
+        self.status_code = problem.status
+        self.errors = problem.errors
+        self.headers = {key.decode(): value.decode() for key, value in problem.headers}
 
 
 # --- DRF ----------------------------------------------------------------------------------
@@ -118,7 +125,24 @@ def validation_errors(detail: Any, data: Any, root: str) -> list[dict[str, Any]]
     ]
 
 
+def _refused_by_django(exc: Exception) -> exceptions.APIException | None:
+    if isinstance(exc, RequestDataTooBig):
+        return TooLarge()
+    if isinstance(exc, TooManyFieldsSent):
+        return exceptions.ParseError("The request has too many fields.")
+    if isinstance(exc, SuspiciousOperation):
+        return exceptions.ParseError("The request was rejected as malformed.")
+    if isinstance(exc, RecursionError):
+        return exceptions.ParseError("The request is nested too deeply.")
+    return None
+
+
 def _as_api_exception(exc: Exception, request) -> exceptions.APIException | None:
+    if isinstance(exc, Problem):
+        return FromProblem(exc)
+    refused = _refused_by_django(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, Http404):
         return exceptions.NotFound()  # Http404's own message may name a model or a query
     if isinstance(exc, DjangoPermissionDenied):
@@ -136,7 +160,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's EXCEPTION_HANDLER: any exception, expected or not, becomes a problem response."""
     request = context["request"]
     api_exc = _as_api_exception(exc, request)
-    headers = {}
+    headers: dict[str, str] = {}
     if api_exc is None:
         log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
         status, detail, errors = 500, "An unexpected error occurred; it has been logged.", None
@@ -144,6 +168,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         status, errors = api_exc.status_code, getattr(api_exc, "errors", None)
         detail = str(api_exc.detail) if not isinstance(api_exc.detail, (list, dict)) else ""
         detail = detail or str(api_exc.default_detail)
+        headers.update(getattr(api_exc, "headers", {}))
         challenge, wait = getattr(api_exc, "auth_header", None), getattr(api_exc, "wait", None)
         if challenge:
             headers["WWW-Authenticate"] = challenge
@@ -153,7 +178,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     # Errors are problem+json whatever the client asked for (and even when negotiation failed).
     request.accepted_renderer = ProblemJSONRenderer()
     request.accepted_media_type = PROBLEM_MEDIA_TYPE
-    body = problem(status, detail, instance=request.path, errors=errors)
+    body = problem_body(status, detail, instance=printable(request.path), errors=errors)
     return Response(body, status=status, headers=headers)
 
 
@@ -165,7 +190,7 @@ def _is_api(request: HttpRequest) -> bool:
 
 
 @csrf_exempt
-def api_not_found(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+def api_not_found(request: HttpRequest, *args, **kwargs) -> HttpResponse:
     """The last URL pattern under /api/: an unknown path is a problem, never an HTML page."""
     detail = f"There is no API endpoint at {request.path}."
     if not request.path.endswith("/"):

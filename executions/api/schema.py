@@ -8,12 +8,16 @@ query parameters and `text/plain` / `text/event-stream` responses.
 from copy import deepcopy
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.authentication import SessionScheme
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 
-from executions.api.problems import PROBLEM_MEDIA_TYPE
+from executions.api.edge import MAX_JSON_DEPTH
 from executions.models import ExecutionStatus, OutputType
+from executions.problems import INT64_MAX, INT64_MIN, PROBLEM_MEDIA_TYPE
+from streaming.params import MAX_QUERY_FIELDS, MAX_REPLAY_LIMIT, QUERY_ALIASES
 
 
 class ProblemErrorSerializer(serializers.Serializer):
@@ -39,14 +43,16 @@ class ProblemSerializer(serializers.Serializer):
 
 
 PROBLEM_DESCRIPTIONS = {
-    400: "malformed request (e.g. a body that is not JSON, or an invalid stream parameter)",
+    400: "malformed request (a body that is not JSON, NUL in the path or a header, too many "
+    "query parameters)",
     401: "not authenticated",
     403: "authenticated but not allowed",
     404: "no such resource, or one you may not see",
     409: "conflicts with the current state (e.g. already finished)",
+    413: "the request body is larger than the server accepts",
     415: "unsupported content type (send application/json)",
-    422: "invalid values; `errors` names each one",
-    429: "too many concurrent streams for this tenant; see Retry-After",
+    422: "invalid values or unknown query parameters; `errors` names each one",
+    429: "too many concurrent streams for you (or your tenant); see Retry-After",
 }
 
 
@@ -58,6 +64,42 @@ def problems(*statuses: int) -> dict[tuple[int, str], OpenApiResponse]:
         )
         for status in (401, *statuses)
     }
+
+
+# What every list (paginated, filtered) can answer besides 200; 401 is added by `problems`.
+LIST_PROBLEMS = problems(422)
+
+
+def list_and_detail(
+    serializer: type[serializers.Serializer],
+    list_summary: str,
+    detail_summary: str,
+    lookup: OpenApiParameter | None = None,
+) -> dict[str, Any]:
+    """`extend_schema_view` entries for a resource's list (paginated, filtered: 422 for a
+    bad query) and its detail route (404, missing or hidden alike)."""
+    return {
+        "list": extend_schema(
+            summary=list_summary, responses={200: serializer(many=True), **LIST_PROBLEMS}
+        ),
+        "retrieve": extend_schema(
+            summary=detail_summary,
+            parameters=[lookup] if lookup else None,
+            responses={200: serializer, **problems(404)},
+        ),
+    }
+
+
+class PagedActionsSchema(AutoSchema):
+    """Describes detail actions that answer a page (`children`) like `list`: with their
+    filters and `limit`/`offset`. drf-spectacular infers that only for the `list` action."""
+
+    paged_actions = ("list", "children")
+
+    def _is_list_view(self, serializer=None) -> bool:
+        if serializer is None and getattr(self.view, "action", None) in self.paged_actions:
+            return True
+        return super()._is_list_view(serializer)
 
 
 class SessionCookieScheme(SessionScheme):
@@ -73,6 +115,10 @@ def _param(name: str, where: str, schema: dict, description: str) -> dict[str, A
     return {"name": name, "in": where, "schema": schema, "description": description}
 
 
+# A comma list of non-empty names (an empty list or item answers 422).
+NAMES = {"type": "string", "minLength": 1}
+
+
 ID_PARAM = _param(
     "id", "path", {"type": "string"}, "Execution id (ULID), or `last` for the newest you may see."
 )
@@ -81,7 +127,7 @@ TYPE_PARAM = _param(
     "type",
     "query",
     {"type": "string", "enum": list(OutputType.values)},
-    "Only this output stream (default: all of them).",
+    "Only this output stream (default: all of them). Alias: `output_type` (StackStorm).",
 )
 LAST_EVENT_ID = _param(
     "Last-Event-ID",
@@ -90,36 +136,70 @@ LAST_EVENT_ID = _param(
     "The id of the last event received; resumes right after it and wins over `from`.",
 )
 FILTER = "Comma list; combined with the other filters by AND."
+ALIASES = ", ".join(f"`{alias}` for `{name}`" for alias, name in QUERY_ALIASES.items())
+STREAM_QUERY_RULES = (
+    "Unknown query parameters answer 422 naming them; StackStorm's names are accepted as "
+    f"aliases ({ALIASES}; event names may carry the `st2.` prefix). At most "
+    f"{MAX_QUERY_FIELDS} query parameters (400 beyond)."
+)
 STREAM_PARAMS = [
     _param(
         "events",
         "query",
-        {"type": "string"},
-        "Comma list of event names, `*` globs allowed (`execution__*`, `*`). Default: "
-        "`execution__create,execution__update`; output events are opt-in.",
+        NAMES,
+        "Comma list of event names, `*` globs allowed (`execution__*`, `*`), optionally "
+        "with StackStorm's `st2.` prefix. Default: `execution__create,execution__update`; "
+        "output events are opt-in.",
     ),
-    _param("tenant", "query", {"type": "string"}, f"Tenant slug(s). {FILTER}"),
-    _param("action", "query", {"type": "string"}, f"Action ref(s). {FILTER}"),
-    _param("status", "query", {"type": "string"}, f"Execution status(es). {FILTER}"),
-    _param("execution", "query", {"type": "string"}, f"Execution id(s). {FILTER}"),
-    _param("parent", "query", {"type": "string"}, f"Parent execution id(s). {FILTER}"),
+    _param("tenant", "query", NAMES, f"Tenant slug(s). {FILTER}"),
+    _param("action", "query", NAMES, f"Action ref(s). {FILTER} Alias: `action_refs`."),
+    _param("status", "query", NAMES, f"Execution status(es). {FILTER}"),
+    _param(
+        "execution",
+        "query",
+        NAMES,
+        f"Execution id(s). {FILTER} Alias: `execution_ids`.",
+    ),
+    _param("parent", "query", NAMES, f"Parent execution id(s). {FILTER}"),
+    _param(
+        "ancestor",
+        "query",
+        NAMES,
+        f"Ancestor execution id(s): their descendants at every depth. {FILTER}",
+    ),
     LAST_EVENT_ID,
 ]
+INCLUDE_CHILDREN = _param(
+    "include_children",
+    "query",
+    {"type": "string", "enum": ["true", "false", "1", "0"]},
+    "Also the output of every descendant, at every depth, each event naming its "
+    "`execution_id`, `task_name` and `path`, with `child_started` / `child_finished` "
+    "events; ids are family cursors (docs/streaming-family.md). Takes only `type` and "
+    "`Last-Event-ID` besides.",
+)
 OUTPUT_STREAM_PARAMS = [
     ID_PARAM,
     _param(
         "from",
         "query",
-        {"type": "integer", "format": "int64", "default": -1000},
+        {
+            "type": "integer",
+            "format": "int64",
+            "minimum": INT64_MIN,
+            "maximum": INT64_MAX,
+            "default": -1000,
+        },
         "Anchor seq: replay starts at this seq; negative counts back from the end.",
     ),
     _param(
         "replay_limit",
         "query",
-        {"type": "integer", "minimum": 1, "maximum": 50000, "default": 5000},
+        {"type": "integer", "minimum": 1, "maximum": MAX_REPLAY_LIMIT, "default": 5000},
         "At most this many chunks replayed; a `gap` event names any range skipped.",
     ),
     TYPE_PARAM,
+    INCLUDE_CHILDREN,
     LAST_EVENT_ID,
 ]
 
@@ -188,15 +268,26 @@ def _sse(description: str, events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before opening the stream again",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
 def _problem_responses(*statuses: int) -> dict[str, Any]:
     schema = {"$ref": REF + "Problem"}
-    return {
+    responses: dict[str, Any] = {
         str(status): {
             "description": PROBLEM_DESCRIPTIONS[status],
             "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}},
         }
         for status in statuses
     }
+    if "429" in responses:
+        responses["429"]["headers"] = deepcopy(RETRY_AFTER)
+    return responses
 
 
 def _streaming_paths(security: list | None) -> dict[str, Any]:
@@ -211,27 +302,30 @@ def _streaming_paths(security: list | None) -> dict[str, Any]:
         "/api/v1/executions/{id}/output": {
             "operationId": "executions_output",
             "summary": "Output as plain text: everything so far, then live until the end",
-            "parameters": [ID_PARAM, TYPE_PARAM],
+            "description": STREAM_QUERY_RULES,
+            "parameters": [ID_PARAM, TYPE_PARAM, INCLUDE_CHILDREN],
             "responses": {
                 "200": {
                     "description": "The output; the response ends when the execution ends.",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
                 },
-                **_problem_responses(401, 404, 422),
+                **_problem_responses(400, 401, 404, 422, 429),
             },
         },
         "/api/v1/executions/{id}/output/stream": {
             "operationId": "executions_output_stream",
             "summary": "Server-Sent Events of one execution's output, gap-free and resumable",
+            "description": STREAM_QUERY_RULES,
             "parameters": OUTPUT_STREAM_PARAMS,
             "responses": {
                 "200": _sse("Chunks in seq order, then `done`.", [chunk, notices[0], done]),
-                **_problem_responses(400, 401, 404, 422),
+                **_problem_responses(400, 401, 404, 422, 429),
             },
         },
         "/api/v1/stream": {
             "operationId": "stream",
             "summary": "Server-Sent Events of every execution event you may see",
+            "description": STREAM_QUERY_RULES,
             "parameters": STREAM_PARAMS,
             "responses": {
                 "200": _sse(
@@ -250,8 +344,43 @@ def _streaming_paths(security: list | None) -> dict[str, Any]:
     return paths
 
 
+INPUT_RULES = (
+    "\n\nInput rules, the same on every endpoint: strings never hold NUL or lone UTF-16 "
+    "surrogates (400 in a path or header, 422 naming the field elsewhere); JSON numbers must "
+    f"be finite and integers fit in 64 bits (422); JSON bodies nest at most {MAX_JSON_DEPTH} "
+    f"levels (422) and hold at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes (413); "
+    "unknown query parameters answer 422 naming them. "
+    "`/api/v1/schema/` and `/api/v1/docs/` answer without credentials (they describe the "
+    "contract, never data); every other endpoint needs a session or an API key."
+)
+
+# One item of a comma list: no comma (it would split the item) and not blank.
+LIST_ITEM_PATTERN = r"^[^,]*[^,\s][^,]*$"
+
+
+def _tighten_list_parameters(paths: dict[str, Any]) -> None:
+    """Filters refuse empty values, empty lists and empty items (422): say so in the schema."""
+    for operations in paths.values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                if parameter.get("in") != "query":
+                    continue
+                if schema.get("type") == "array":
+                    schema["minItems"] = 1
+                    items = schema.setdefault("items", {})
+                    if "enum" not in items:
+                        items["pattern"] = LIST_ITEM_PATTERN
+                elif schema.get("type") == "string" and "enum" not in schema:
+                    schema.setdefault("minLength", 1)
+
+
 def add_streaming_endpoints(result: dict[str, Any], generator, request, public) -> dict[str, Any]:
-    """drf-spectacular postprocessing hook: describe the Channels-served endpoints."""
+    """drf-spectacular postprocessing hook: describe the Channels-served endpoints (and
+    tighten the generated list filters to what the API enforces)."""
+    _tighten_list_parameters(result["paths"])
+    info = result.setdefault("info", {})
+    info["description"] = info.get("description", "") + INPUT_RULES
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(deepcopy(COMPONENTS))
     execution = schemas.get("Execution", {"type": "object", "properties": {}})

@@ -95,18 +95,25 @@ class ExecutionSerializer(serializers.Serializer):
         }
 
 
-class ExecutionCreateSerializer(serializers.Serializer):
-    action = serializers.CharField(help_text="the action's ref, pack.name")
+class KnownFieldsOnly(serializers.Serializer):
+    """A body with a key the serializer does not declare is refused (422 naming it): a
+    misspelt key would otherwise be dropped silently, and the request done without it (a run
+    with the action's defaults for "params", a key that never expires for "expires")."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["is not a known field"] for name in unknown})
+        return attrs
+
+
+class ExecutionCreateSerializer(KnownFieldsOnly):
+    """Run an action: its ref, its parameters, the tenant. An unknown key is refused (422)."""
+
+    action = serializers.CharField(min_length=1, help_text="the action's ref, pack.name")
     parameters = serializers.DictField(
         required=False, default=dict, help_text="checked against the action's parameter schema"
     )
     tenant = serializers.SlugField(
         required=False, help_text="tenant slug; the `default` tenant when omitted"
     )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        # A misspelt key ("params") would otherwise run the action with its defaults.
-        unknown = sorted(set(self.initial_data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError({name: ["is not a known field"] for name in unknown})
-        return attrs

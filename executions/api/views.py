@@ -1,6 +1,8 @@
-"""Actions and executions. Each view parses, calls `services` / `rbac.access`, and answers."""
+"""Actions and executions. Each view parses, calls `services` / `rbac.access`, and answers.
 
-import re
+Every view refuses query parameters it does not read (422 naming them) and parses JSON bodies
+with `SafeJSONParser`: both through their base, `executions.api.base.StrictQuery`.
+"""
 
 from django.db.models import Prefetch, QuerySet
 from drf_spectacular.types import OpenApiTypes
@@ -11,21 +13,19 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from executions import services
+from executions.api.base import StrictQuery
 from executions.api.filters import ActionFilter, ExecutionFilter, FilterBackend
 from executions.api.permissions import CanOperate
 from executions.api.problems import Conflict, InvalidInput
-from executions.api.schema import problems
+from executions.api.schema import PagedActionsSchema, list_and_detail, problems
 from executions.api.serializers import (
     ActionSerializer,
     ExecutionCreateSerializer,
     ExecutionSerializer,
 )
 from executions.models import Action, Execution, Tenant
+from executions.problems import Problem, error, execution_ref
 from rbac.access import NotVisible, access_execution, can_run, visible_executions, visible_tenants
-
-# A ULID is 26 Crockford base32 characters; anything else cannot name an execution, so it is
-# answered 404 without a query.
-ULID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}", re.IGNORECASE)
 
 EXECUTION_ID = OpenApiParameter(
     "id",
@@ -36,33 +36,26 @@ EXECUTION_ID = OpenApiParameter(
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List registered actions", responses={200: ActionSerializer}),
-    retrieve=extend_schema(
-        summary="One action by ref (pack.name)",
-        responses={200: ActionSerializer, **problems(404)},
-    ),
+    **list_and_detail(ActionSerializer, "List registered actions", "One action by ref (pack.name)")
 )
-class ActionViewSet(viewsets.ReadOnlyModelViewSet):
+class ActionViewSet(StrictQuery, viewsets.ReadOnlyModelViewSet):
+    """Actions registered from the server's packs (read-only), by ref (`pack.name`)."""
+
     queryset = Action.objects.all()
     serializer_class = ActionSerializer
     lookup_field = "ref"
     lookup_value_regex = r"[^/]+"  # refs hold a dot (pack.name)
     filter_backends = [FilterBackend]
     filterset_class = ActionFilter
-
-    def get_object(self) -> Action:
-        try:
-            return self.get_queryset().get(ref=self.kwargs["ref"])
-        except Action.DoesNotExist:
-            raise exceptions.NotFound(f"There is no action {self.kwargs['ref']}.") from None
+    not_found_detail = "There is no action {}."
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List the executions you may see, newest first"),
-    retrieve=extend_schema(
-        summary="One execution",
-        parameters=[EXECUTION_ID],
-        responses={200: ExecutionSerializer, **problems(404)},
+    **list_and_detail(
+        ExecutionSerializer,
+        "List the executions you may see, newest first",
+        "One execution",
+        EXECUTION_ID,
     ),
     create=extend_schema(
         summary="Run an action",
@@ -82,21 +75,26 @@ class ActionViewSet(viewsets.ReadOnlyModelViewSet):
         responses={201: ExecutionSerializer, **problems(403, 404, 409)},
     ),
     children=extend_schema(
-        summary="A workflow's child executions, oldest first",
+        summary="A workflow's child executions, oldest first (paginated, filterable)",
         parameters=[EXECUTION_ID],
-        responses={200: ExecutionSerializer(many=True), **problems(404)},
+        responses={200: ExecutionSerializer(many=True), **problems(404, 422)},
     ),
 )
 class ExecutionViewSet(
+    StrictQuery,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.CreateModelMixin,
     viewsets.GenericViewSet,
 ):
+    """Runs of actions. Ids are ULIDs; `last` names the newest execution you may see."""
+
     serializer_class = ExecutionSerializer
+    schema = PagedActionsSchema()
     lookup_field = "id"
     filter_backends = [FilterBackend]
     filterset_class = ExecutionFilter
+    not_found_detail = "There is no execution {}."
 
     def get_permissions(self):
         if self.action in ("cancel", "re_run"):
@@ -112,16 +110,10 @@ class ExecutionViewSet(
         )
 
     def get_object(self) -> Execution:
-        execution_id = self.kwargs["id"]
-        if execution_id != "last":
-            if not ULID_RE.fullmatch(execution_id):
-                raise exceptions.NotFound(f"There is no execution {execution_id}.")
-            execution_id = execution_id.upper()  # Crockford base32 ignores case
         try:
-            execution = access_execution(self.request.user, execution_id)
-        except NotVisible:
-            # The same answer whether it is missing or hidden from this caller.
-            raise exceptions.NotFound(f"There is no execution {self.kwargs['id']}.") from None
+            execution = access_execution(self.request.user, execution_ref(self.lookup_value()))
+        except (Problem, NotVisible):  # not an id (nor `last`), missing or hidden
+            raise self.not_found() from None
         self.check_object_permissions(self.request, execution)
         return execution
 
@@ -132,8 +124,7 @@ class ExecutionViewSet(
         try:
             action = services.get_action(ref)
         except services.ActionUnavailable as exc:
-            error = {"location": "body.action", "message": str(exc), "value": ref}
-            raise InvalidInput([error]) from None
+            raise InvalidInput([error("body.action", str(exc), ref)]) from None
         tenant = self._tenant(given.validated_data.get("tenant"))
         if not can_run(request.user, action, tenant):
             raise exceptions.PermissionDenied(f"You may not run {ref} in tenant {tenant.slug}.")

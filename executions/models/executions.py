@@ -106,13 +106,3 @@ class Execution(models.Model):
 
     def masked_parameters(self) -> dict[str, Any]:
         return mask_parameters(self.parameters, self.secret_parameters)
-
-    def secret_values(self) -> list[str]:
-        """The values output masking must hide (non-empty, as text)."""
-        values = []
-        for name in self.secret_parameters:
-            value = self.parameters.get(name)
-            if value is None or value == "":
-                continue
-            values.append(value if isinstance(value, str) else str(value))
-        return values

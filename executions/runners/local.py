@@ -9,14 +9,8 @@ Runner parameters: `cwd`, `env`, `timeout` (seconds), `pty` (stdout on a termina
 import tempfile
 from pathlib import Path
 
-from executions.runners.base import (
-    RunContext,
-    RunOutcome,
-    action_environment,
-    line_buffered,
-    parameter_text,
-    run_process,
-)
+from executions.runners.base import RunContext, RunOutcome, action_environment, script_arguments
+from executions.runners.processes import line_buffered, run_process
 
 RUNNER_PARAMETERS = {"cwd", "env", "timeout", "pty"}
 DEFAULT_TIMEOUT_SECONDS = 600
@@ -55,12 +49,7 @@ async def run_command(ctx: RunContext) -> RunOutcome:
 
 async def run_script(ctx: RunContext) -> RunOutcome:
     script = entry_point_path(ctx)
-    declared = ctx.execution.action.ordered_parameters() if ctx.execution.action else []
-    args = [
-        f"--{name}={parameter_text(ctx.parameters[name])}"
-        for name, _spec in declared
-        if name not in RUNNER_PARAMETERS and ctx.parameters.get(name) is not None
-    ]
+    args = script_arguments(ctx, RUNNER_PARAMETERS)
     interpreter = [] if _is_executable(script) else ["/bin/sh"]
     return await _run_shell(ctx, [*interpreter, str(script), *args], str(script.parent))
 

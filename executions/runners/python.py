@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 
 from executions.models import ExecutionStatus
-from executions.runners.base import RunContext, RunOutcome, action_environment, run_process
+from executions.runners.base import RunContext, RunOutcome, action_environment
 from executions.runners.local import DEFAULT_TIMEOUT_SECONDS, entry_point_path
+from executions.runners.processes import run_process
 
 WRAPPER = Path(__file__).with_name("python_wrapper.py")
 # A result is stored in the execution row: keep it to a size a database row carries well.

@@ -134,6 +134,23 @@ class ListFilterForm(forms.Form):
         self.fields["tenant"].widget = forms.Select(
             choices=[("", "any tenant"), *((slug, slug) for slug in tenant_slugs)]
         )
+        self.known = {"action": set(action_refs), "tenant": set(tenant_slugs)}
+
+    def _known(self, name: str, what: str) -> str:
+        # A value the select cannot show (a typo, a tenant not granted) would silently read
+        # "any …" above an empty list: answer it instead.
+        value = self.cleaned_data.get(name, "")
+        if value and value not in self.known[name]:
+            raise forms.ValidationError(
+                f"There is no {what} “{value}” you may see; showing every {what}."
+            )
+        return value
+
+    def clean_action(self) -> str:
+        return self._known("action", "action")
+
+    def clean_tenant(self) -> str:
+        return self._known("tenant", "tenant")
 
     def filters(self) -> dict[str, str]:
         """The valid, non-empty filters (an invalid one is shown as an error and ignored)."""

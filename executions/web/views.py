@@ -5,46 +5,52 @@ page never tells an outsider that an id is real.
 """
 
 import json
-import re
+import signal
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.html import escape
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods
 
 from executions import services
-from executions.models import Action, Execution, RunnerType, Tenant
+from executions.models import Action, Execution, OutputType, RunnerType, Tenant
+from executions.parameters import distinct_hosts
+from executions.problems import is_ulid, problem_response
 from executions.web.forms import ListFilterForm, RunForm
+from executions.web.search import (
+    SEARCH_MAX_CHARS,
+    SEARCH_MAX_MATCHES,
+    SEARCH_SCAN_ROWS,
+    Query,
+    family_members,
+    search_family,
+    search_one,
+)
 from rbac.access import (
     NotVisible,
     access_execution,
     can_operate,
     can_run,
-    tenant_scope,
+    granted_tenants,
     visible_executions,
-    visible_tenants,
 )
 
+# The search bounds, importable from here too (tests name them with the view).
+__all__ = ["SEARCH_MAX_CHARS", "SEARCH_MAX_MATCHES", "SEARCH_SCAN_ROWS"]
+# Runners that make one child execution per host when given several hosts.
+REMOTE_RUNNERS = (RunnerType.REMOTE_SHELL_CMD, RunnerType.REMOTE_SHELL_SCRIPT)
 # Rows the list page renders (and keeps while new ones arrive live); narrow with the filters.
 LIST_LIMIT = 100
-# Lines one "load earlier" request returns: a few hundred kilobytes of JSON at most per page,
-# and the page's DOM cap (10,000 rows) holds two of them.
+# Lines one "load earlier" request returns: a few hundred kilobytes of JSON at most per page
+# (the page loads up to 100,000 lines, output.js MODEL_CAP).
 LINES_PAGE = 5000
-# A ULID is 26 Crockford base32 characters; anything else is answered 404 without a query.
-ULID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}", re.IGNORECASE)
 
 
 # --- shared -------------------------------------------------------------------------------
-
-
-def granted_tenants(user) -> QuerySet[Tenant] | None:
-    """The tenants `user` sees anything in; None means every tenant."""
-    if user.is_superuser or tenant_scope(user) is None:
-        return None
-    return visible_tenants(user)
 
 
 def page_context(request: HttpRequest, **context: Any) -> dict[str, Any]:
@@ -74,9 +80,43 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def exit_note(code: int | None) -> str:
+    """Why a negative exit code: the process was ended by that signal (execution.js says the same)."""
+    if code is None or code >= 0:
+        return ""
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"ended by signal {-code}"
+    why = {"SIGTERM": " (canceled, timed out or the server stopped)", "SIGKILL": " (killed)"}
+    return f"ended by signal {-code}, {name}{why.get(name, '')}"
+
+
+def with_code(text: str) -> str:
+    """An action description with its `backticks` as <code>, everything else escaped."""
+    parts = escape(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick stays a backtick
+        parts[-2:] = [parts[-2] + "`" + parts[-1]]
+    # Safe: every part was escaped above; only the <code> tags are added.
+    return mark_safe(
+        "".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts))
+    )
+
+
 def _with_labels(execution: Execution) -> Execution:
     execution.duration_label = format_duration(execution.duration_seconds)  # type: ignore[attr-defined]
+    execution.exit_note = exit_note(execution.exit_code)  # type: ignore[attr-defined]
     return execution
+
+
+def has_sections(execution: Execution) -> bool:
+    """Whether the execution's children are sections of its log: a workflow's tasks, or a
+    remote run's hosts when there are several (one host runs in the execution itself)."""
+    if execution.runner_type == RunnerType.WORKFLOW:
+        return True
+    if execution.runner_type not in REMOTE_RUNNERS:
+        return False
+    return len(distinct_hosts(execution.parameters)) > 1
 
 
 def _shown(value: Any) -> str:
@@ -85,7 +125,7 @@ def _shown(value: Any) -> str:
 
 
 def _visible(request: HttpRequest, execution_id: str) -> Execution | None:
-    if execution_id != "last" and not ULID_RE.fullmatch(execution_id):
+    if execution_id != "last" and not is_ulid(execution_id):  # 404 without a query
         return None
     try:
         return access_execution(
@@ -148,9 +188,11 @@ def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
         "execution": payload,
         "children": [services.execution_payload(child) for child in children],
         "workflow": execution.runner_type == RunnerType.WORKFLOW,
+        "sections": has_sections(execution),
         "canOperate": operable,
         "api": api,
         "lines": reverse("web:execution-lines", kwargs={"execution_id": "ID"}),
+        "search": reverse("web:execution-search", kwargs={"execution_id": "ID"}),
         "page": reverse("web:execution-detail", kwargs={"execution_id": "ID"}),
     }
     context = page_context(
@@ -162,7 +204,7 @@ def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
         children=children,
         can_operate=operable,
         result=None if payload["result"] is None else json.dumps(payload["result"], indent=2),
-        error=services.mask_value(execution.error, execution.secret_values()),
+        error=services.mask_value(execution.error, services.execution_secrets(execution)),
         download=api + "output",
         config=config,
     )
@@ -170,28 +212,26 @@ def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
 
 
 @require_GET
-def execution_lines(request: HttpRequest, execution_id: str) -> JsonResponse:
+def execution_lines(request: HttpRequest, execution_id: str) -> HttpResponse:
     """`?from=&to=` (inclusive, at most LINES_PAGE): stored chunks for "load earlier".
 
     The SSE endpoint's window keeps the tail of a log (`replay_limit` cuts the start), so
     lines more than 50,000 before the end can only be read as a range, here.
     """
-    if not request.user.is_authenticated:
-        return JsonResponse({"detail": "Log in first."}, status=401)
-    execution = _visible(request, execution_id)
-    if execution is None:
-        return JsonResponse({"detail": f"There is no execution {execution_id}."}, status=404)
+    refused = _refused(request, execution_id)
+    if isinstance(refused, HttpResponse):
+        return refused
+    execution = refused
     try:
         first, last = int(request.GET["from"]), int(request.GET["to"])
     except (KeyError, ValueError):
-        return JsonResponse({"detail": "`from` and `to` must be integers."}, status=400)
+        return _invalid(request, "from", "`from` and `to` must be integers.")
     if first < 1 or last < first or last - first + 1 > LINES_PAGE:
-        detail = f"Need 1 <= from <= to and at most {LINES_PAGE} lines."
-        return JsonResponse({"detail": detail}, status=400)
+        return _invalid(request, "from", f"Need 1 <= from <= to and at most {LINES_PAGE} lines.")
     rows = execution.output.filter(seq__gte=first, seq__lte=last).order_by("seq")
     chunks = [
-        {"seq": seq, "output_type": kind, "data": data}
-        for seq, kind, data in rows.values_list("seq", "output_type", "data")
+        {"seq": seq, "output_type": kind, "data": data, "timestamp": stamp.isoformat()}
+        for seq, kind, data, stamp in rows.values_list("seq", "output_type", "data", "timestamp")
     ]
     purged = execution.output_purged_at.isoformat() if execution.output_purged_at else None
     return JsonResponse(
@@ -199,10 +239,80 @@ def execution_lines(request: HttpRequest, execution_id: str) -> JsonResponse:
     )
 
 
+def _refused(request: HttpRequest, execution_id: str) -> Execution | HttpResponse:
+    """The visible execution, or the problem+json answer (401 anonymous, 404 not visible)."""
+    if not request.user.is_authenticated:
+        return problem_response(request, 401, "Log in first.")
+    execution = _visible(request, execution_id)
+    if execution is None:
+        return problem_response(request, 404, f"There is no execution {execution_id}.")
+    return execution
+
+
+def _invalid(request: HttpRequest, field: str, message: str) -> HttpResponse:
+    value = request.GET.get(field)
+    error = {"location": f"query.{field}", "message": message, "value": value}
+    return problem_response(request, 422, message, errors=[error])
+
+
+def _search_params(request: HttpRequest) -> tuple[Query, int] | tuple[str, str]:
+    """(query, first seq) of a search, or (field, reason) when it is refused."""
+    text = request.GET.get("q", "")
+    kind = request.GET.get("type", "")
+    if not text and not kind:
+        return "q", "Give `q` (text to find) or `type` (stdout, stderr or other)."
+    if len(text) > SEARCH_MAX_CHARS:
+        return "q", f"`q` has at most {SEARCH_MAX_CHARS} characters."
+    if kind and kind not in OutputType.values:
+        return "type", "`type` is stdout, stderr or other."
+    try:
+        first = int(request.GET.get("from", "1"))
+    except ValueError:
+        return "from", "`from` must be an integer."
+    return (Query(text, kind), first) if first >= 1 else ("from", "`from` must be at least 1.")
+
+
+@require_GET
+def execution_search(request: HttpRequest, execution_id: str) -> HttpResponse:
+    """`?q=&type=&from=`: the seqs of matching lines among at most SEARCH_SCAN_ROWS seqs.
+
+    Case-insensitive substring of the stored text (`icontains`), optionally of one output
+    type. Answers `matches` (seqs, at most SEARCH_MAX_MATCHES), `scanned_to` (ask again from
+    the next seq) and `last_seq`: the whole log is searched in bounded steps.
+
+    `family=true` searches the execution and its visible descendants (its page's sections),
+    from member `in` (default the execution) at seq `from`: `matches` are
+    `{execution, seq}`, and `next` is the `{in, from}` to ask with, null at the end.
+    """
+    refused = _refused(request, execution_id)
+    if isinstance(refused, HttpResponse):
+        return refused
+    execution = refused
+    params = _search_params(request)
+    if isinstance(params[0], str):
+        field, reason = params
+        return _invalid(request, field, reason)
+    query, first = params
+    family = request.GET.get("family", "false")
+    if family not in ("true", "false"):
+        return _invalid(request, "family", "`family` is true or false.")
+    if family == "false":
+        if "in" in request.GET:
+            return _invalid(request, "in", "`in` goes with `family=true`.")
+        return JsonResponse(search_one(execution, query, first))
+    members = family_members(execution, visible_executions(request.user))
+    start = request.GET.get("in", execution.id).upper()
+    if start not in (member_id for member_id, _ in members):
+        return _invalid(request, "in", "`in` is the execution or one of its descendants.")
+    return JsonResponse(search_family(members, query, start, first))
+
+
 @require_GET
 @login_required
 def action_list(request: HttpRequest) -> HttpResponse:
-    actions = Action.objects.filter(enabled=True).order_by("ref")
+    actions = list(Action.objects.filter(enabled=True).order_by("ref"))
+    for action in actions:
+        action.description_html = with_code(action.description)  # type: ignore[attr-defined]
     return render(request, "actions/list.html", page_context(request, actions=actions))
 
 
@@ -216,8 +326,10 @@ def action_run(request: HttpRequest, ref: str) -> HttpResponse:
     candidates = Tenant.objects.all() if granted is None else granted
     tenants = [t for t in candidates.order_by("slug") if can_run(request.user, action, t)]
     if not tenants:
+        action.description_html = with_code(action.description)  # type: ignore[attr-defined]
         context = page_context(request, action=action, form=None)
         return render(request, "actions/run.html", context, status=403)
+    action.description_html = with_code(action.description)  # type: ignore[attr-defined]
     form = RunForm(action, tenants, request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:

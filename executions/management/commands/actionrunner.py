@@ -1,3 +1,5 @@
+"""A runner process without a web server (cluster mode, beside `serve --no-runner`)."""
+
 import asyncio
 import signal
 
@@ -11,7 +13,10 @@ class Command(BaseCommand):
     help = (
         "Run actions: claim scheduled executions and run up to --concurrency at once. "
         "SIGTERM or SIGINT stops claiming and lets running executions finish within "
-        "RUNNER_SHUTDOWN_GRACE_SECONDS; what is left is marked abandoned."
+        "RUNNER_SHUTDOWN_GRACE_SECONDS; what is left is stopped (its output says so) and "
+        "marked abandoned. If this process dies, its actions' process groups die with it. "
+        "Output writes the database refuses are retried for RUNNER_DB_OUTAGE_SECONDS "
+        "(docs/guarantees.md)."
     )
 
     def add_arguments(self, parser):

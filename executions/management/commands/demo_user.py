@@ -1,3 +1,5 @@
+"""The demo superuser for a first look (password from the environment, else generated)."""
+
 import os
 import secrets
 

@@ -1,3 +1,6 @@
+"""The retention command: parses and checks options, then runs `executions.retention`'s
+passes (once, or every N seconds until a signal) and reports what they removed."""
+
 import math
 import signal
 import threading
@@ -21,6 +24,17 @@ def _parse_before(value: str) -> datetime:
             "(for example 2026-01-31 or 2026-01-31T12:00:00Z)"
         ) from None
     return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+
+
+def _days_ago(
+    now: datetime, days: int | None, flag: str, setting: str
+) -> tuple[datetime | None, str | None]:
+    """The cutoff `days` (the flag's, else the setting's) before `now`; or, for 0 days, no
+    cutoff and what switched it off (`--days 0`, `OUTPUT_TTL_DAYS=0`)."""
+    off = f"{flag} 0"
+    if days is None:
+        days, off = getattr(settings, setting), f"{setting}=0"
+    return (now - timedelta(days=days), None) if days else (None, off)
 
 
 def _stamp(moment: datetime) -> str:
@@ -139,20 +153,16 @@ class Command(BaseCommand):
                 output_before = None
                 disabled.append("output purge disabled (--hours 0)")
         else:
-            days, source = options["days"], "--days 0"
-            if days is None:
-                days, source = settings.OUTPUT_TTL_DAYS, "OUTPUT_TTL_DAYS=0"
-            output_before = now - timedelta(days=days) if days else None
-            if not days:
-                disabled.append(f"output purge disabled ({source})")
+            output_before, off = _days_ago(now, options["days"], "--days", "OUTPUT_TTL_DAYS")
+            if off:
+                disabled.append(f"output purge disabled ({off})")
         executions_before = None
         if options["executions"]:
-            days, source = options["execution_days"], "--execution-days 0"
-            if days is None:
-                days, source = settings.EXECUTION_TTL_DAYS, "EXECUTION_TTL_DAYS=0"
-            executions_before = now - timedelta(days=days) if days else None
-            if not days:
-                disabled.append(f"execution deletion disabled ({source})")
+            executions_before, off = _days_ago(
+                now, options["execution_days"], "--execution-days", "EXECUTION_TTL_DAYS"
+            )
+            if off:
+                disabled.append(f"execution deletion disabled ({off})")
         criteria = retention.Criteria(
             output_before=output_before,
             executions_before=executions_before,

@@ -1,3 +1,5 @@
+"""Registers the actions of pack folders, all or nothing (`executions.packs`)."""
+
 from pathlib import Path
 
 from django.conf import settings

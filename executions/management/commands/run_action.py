@@ -1,9 +1,14 @@
+"""Schedules a run from the server's shell, without the API; a runner picks it up."""
+
 from django.core.management.base import BaseCommand, CommandError
 
 from executions import services
 from executions.models import Tenant
 from executions.parameters import ParameterError
-from tailgate_client.cli import parse_parameters
+
+# The one `name=value` syntax, shared with the `tailgate` CLI (a module without Django or
+# httpx); values stay text, which `services.create_execution` converts by the action's schema.
+from tailgate_client.parameters import ParameterSyntaxError, parse_parameters
 
 
 class Command(BaseCommand):
@@ -30,6 +35,8 @@ class Command(BaseCommand):
             execution = services.create_execution(
                 found, parse_parameters(parameters), tenant=chosen
             )
+        except ParameterSyntaxError as exc:
+            raise CommandError(str(exc)) from None
         except ParameterError as exc:
             raise CommandError(f"bad parameters: {exc}") from None
         self.stdout.write(f"Scheduled {execution.action_ref} as execution {execution.id}")

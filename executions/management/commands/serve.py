@@ -27,11 +27,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, host, port, no_runner, concurrency, **options):
         # Importing daphne.server installs Twisted's asyncio reactor on `twisted_loop`.
-        from daphne.server import Server, twisted_loop
+        from daphne.server import twisted_loop
         from twisted.internet import reactor
 
         from executions import publish
         from project.asgi import application
+        from project.server import server_class
 
         runner = None
         if settings.EMBEDDED_RUNNER and not no_runner:
@@ -61,11 +62,15 @@ class Command(BaseCommand):
         reactor.callWhenRunning(start_runner)
         reactor.addSystemEventTrigger("before", "shutdown", stop_runner)
         interface = host.replace(":", r"\:")
-        Server(
+        # daphne, with a flow-control extension in each scope: streams wait for slow clients.
+        server_class()(
             application=application,
             endpoints=[f"tcp:port={port}:interface={interface}"],
             ready_callable=ready,
             application_close_timeout=5,
+            # WebSockets' keep-alive: daphne pings an idle socket this often (SSE streams
+            # send a comment at the same interval themselves).
+            ping_interval=settings.STREAM_KEEPALIVE_SECONDS,
         ).run()
 
 

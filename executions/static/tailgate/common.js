@@ -1,10 +1,6 @@
-// What the list and execution pages share: formatting, badges, CSRF, and a live event stream.
+// What the list and execution pages share: formatting, badges, CSRF, the connection banner.
 
 export const FINISHED = new Set(["succeeded", "failed", "timeout", "canceled", "abandoned"]);
-
-// Retry delays after the server refused a stream outright (a 4xx/5xx answer ends an
-// EventSource for good; a dropped connection is retried by EventSource itself).
-const RETRY_MS = [1000, 2000, 5000, 10000, 30000];
 
 /** `2025-01-31 12:00:05` in UTC, as the templates print it. */
 export function formatTime(iso) {
@@ -26,6 +22,13 @@ export function durationOf(startedAt, finishedAt) {
   if (!startedAt) return null;
   const end = finishedAt ? new Date(finishedAt) : new Date();
   return Math.max(0, (end - new Date(startedAt)) / 1000);
+}
+
+/** Show a duration in `element`; `tickDurations` keeps it current while it runs. */
+export function showDuration(element, startedAt, finishedAt) {
+  element.dataset.started = startedAt || "";
+  element.dataset.finished = finishedAt || "";
+  element.textContent = formatDuration(durationOf(startedAt, finishedAt));
 }
 
 /** Every second, refresh the durations of the elements still running (`data-started`, no `data-finished`). */
@@ -69,71 +72,68 @@ export async function getApi(url) {
   return response.json();
 }
 
-/**
- * A lifecycle event stream (`/api/v1/stream?…`): EventSource resumes a dropped connection
- * with Last-Event-ID by itself; a refused one is opened again after a delay. `onOpen` runs on
- * every (re)connection, so the page can reconcile with the API after a gap it cannot replay
- * (a new EventSource has no Last-Event-ID), and `onState` reports live / reconnecting.
- */
-export class EventStream {
-  constructor(url, { onEvent, onOpen, onState }) {
-    this.url = url;
-    this.onEvent = onEvent;
-    this.onOpen = onOpen || (() => {});
-    this.onState = onState || (() => {});
-    this.failures = 0;
-    this.closed = false;
-    this.source = null;
-    this.timer = null;
-  }
-
-  open() {
-    if (this.closed) return;
-    const source = new EventSource(this.url);
-    this.source = source;
-    this.onState("connecting");
-    source.onopen = () => {
-      this.failures = 0;
-      this.onState("live");
-      this.onOpen();
-    };
-    source.onerror = () => {
-      if (source.readyState !== EventSource.CLOSED) {
-        this.onState("reconnecting");
-        return;
-      }
-      this.source = null;
-      this.onState("retrying");
-      const delay = RETRY_MS[Math.min(this.failures++, RETRY_MS.length - 1)];
-      this.timer = setTimeout(() => this.open(), delay);
-    };
-    for (const name of ["execution__create", "execution__update"]) {
-      source.addEventListener(name, (event) => this.onEvent(name, JSON.parse(event.data)));
-    }
-    // The cursor was older than the event log keeps: what the page shows may be stale.
-    source.addEventListener("reset", () => this.onOpen());
-  }
-
-  close() {
-    this.closed = true;
-    clearTimeout(this.timer);
-    if (this.source) this.source.close();
-    this.source = null;
-    this.onState("closed");
-  }
+/** Why a negative exit code (executions/web/views.py `exit_note` says the same). */
+export function exitNote(code) {
+  if (code === null || code === undefined || code >= 0) return "";
+  const names = { 1: "SIGHUP", 2: "SIGINT", 9: "SIGKILL", 15: "SIGTERM" };
+  const why = { 9: " (killed)", 15: " (canceled, timed out or the server stopped)" };
+  const name = names[-code] ? `, ${names[-code]}` : "";
+  return `ended by signal ${-code}${name}${why[-code] || ""}`;
 }
 
-const STATE_TEXT = {
+/** A connection state in words: the list's live indicator, each output pane's bar. */
+export const STATE_TEXT = {
   idle: "updates paused",
   connecting: "connecting…",
   live: "live",
   reconnecting: "reconnecting…",
-  retrying: "reconnecting…",
-  closed: "",
+  limited: "over the stream limit",
+  stopped: "stopped",
+  // An output pane's subscription:
+  ended: "complete",
+  gone: "no longer visible",
+  failed: "could not load",
 };
 
-export function showState(element, state) {
-  if (!element) return;
-  element.dataset.state = state;
-  element.textContent = STATE_TEXT[state] ?? state;
+const BANNER_TEXT = {
+  reconnecting: "The live connection dropped.",
+  limited: "Over the stream limit:",
+  stopped: "Live updates stopped:",
+};
+
+function clockOf(ms) {
+  return new Date(ms).toISOString().slice(11, 19);
+}
+
+/**
+ * Say the connection's state in words in `banner` (#live-banner): why it is not live, when it
+ * retries next (counting down), a Retry button, and after a logout a link to the login.
+ */
+export function connectionBanner(banner, live) {
+  if (!banner) return;
+  const text = banner.querySelector("[data-text]");
+  const retry = banner.querySelector("[data-retry]");
+  const login = banner.querySelector("[data-login]");
+  let timer = null;
+  retry.addEventListener("click", () => live.retry());
+  live.onState((state) => {
+    clearInterval(timer);
+    banner.dataset.state = state.state;
+    const lead = BANNER_TEXT[state.state];
+    banner.hidden = !lead;
+    if (!lead) return;
+    const stopped = state.state === "stopped";
+    retry.hidden = stopped;
+    login.hidden = !stopped;
+    const detail = stopped
+      ? `${state.detail || "you are logged out, or your access was withdrawn."} Log in again to continue.`
+      : state.detail || "";
+    const show = () => {
+      const seconds = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
+      const when = state.retryAt ? ` Retrying at ${clockOf(state.retryAt)} UTC (in ${seconds} s).` : "";
+      text.textContent = `${lead} ${detail}${stopped ? "" : when}`.replace(/\s+/g, " ").trim();
+    };
+    show();
+    if (state.retryAt && !stopped) timer = setInterval(show, 1000);
+  });
 }

@@ -1,8 +1,11 @@
-// The execution list: rows rendered by the server, then kept current from the global event
-// stream (`/api/v1/stream`), filtered like the page. New executions appear at the top and
-// statuses change in place, without a reload.
+// The execution list: rows rendered by the server, then kept current from lifecycle events
+// over the page's one connection (live.js: a WebSocket shared by every tab), filtered here like
+// the page. New executions appear at the top and statuses change in place, without a reload.
+// After every (re)connection, and when the event cursor was reset, the page re-reads the
+// newest executions from the API: a restarted server's abandoned runs show as abandoned.
 
-import { EventStream, durationOf, formatDuration, formatTime, getApi, setBadge, showState, tickDurations } from "./common.js";
+import { STATE_TEXT, connectionBanner, exitNote, formatTime, getApi, setBadge, showDuration, tickDurations } from "./common.js";
+import { live } from "./live.js";
 
 const config = JSON.parse(document.getElementById("list-config").textContent);
 const filters = config.filters;
@@ -14,13 +17,6 @@ const lastEventOf = new Map(); // execution id → appliedEvents when its last e
 // Bound on `lastEventOf`: only recent executions matter to a reconciliation.
 const REMEMBERED_EVENTS = 1000;
 
-function cell(className, ...children) {
-  const td = document.createElement("td");
-  td.className = className;
-  td.append(...children);
-  return td;
-}
-
 function timeElement(iso) {
   if (!iso) return "—";
   const time = document.createElement("time");
@@ -29,34 +25,20 @@ function timeElement(iso) {
   return time;
 }
 
-/** A row as executions/_row.html renders it. */
+/** A new row: a clone of the server's own (executions/_row.html, in #row-template). */
 function buildRow(payload) {
-  const tr = document.createElement("tr");
+  const tr = document.getElementById("row-template").content.firstElementChild.cloneNode(true);
   tr.dataset.id = payload.id;
-  const link = document.createElement("a");
+  const link = tr.querySelector(".what a");
   link.href = `/executions/${payload.id}/`;
   link.textContent = payload.action_ref;
-  const what = cell("what", link);
-  if (payload.task_name) {
-    const task = document.createElement("span");
-    task.className = "task";
-    task.textContent = `› ${payload.task_name}`;
-    what.append(" ", task);
-  }
-  const id = document.createElement("span");
-  id.className = "id";
+  const task = tr.querySelector(".task");
+  task.hidden = !payload.task_name;
+  task.textContent = `› ${payload.task_name || ""}`;
+  const id = tr.querySelector(".id");
   id.title = payload.id;
   id.textContent = payload.id.slice(-8);
-  what.append(" ", id);
-  const badge = document.createElement("span");
-  tr.append(
-    what,
-    cell("tenant", payload.tenant),
-    cell("status", badge),
-    cell("started", "—"),
-    cell("duration num", "—"),
-    cell("exit num", "—"),
-  );
+  tr.querySelector(".tenant").textContent = payload.tenant;
   return tr;
 }
 
@@ -64,11 +46,9 @@ function fillRow(tr, payload) {
   tr.dataset.status = payload.status;
   setBadge(tr.querySelector(".status").firstElementChild || tr.querySelector(".status"), payload.status);
   tr.querySelector(".started").replaceChildren(timeElement(payload.started_at));
-  const duration = tr.querySelector(".duration");
-  duration.dataset.started = payload.started_at || "";
-  duration.dataset.finished = payload.finished_at || "";
-  duration.textContent = formatDuration(durationOf(payload.started_at, payload.finished_at));
+  showDuration(tr.querySelector(".duration"), payload.started_at, payload.finished_at);
   tr.querySelector(".exit").textContent = payload.exit_code ?? "—";
+  tr.querySelector(".exit").title = exitNote(payload.exit_code);
 }
 
 function matches(payload) {
@@ -110,24 +90,29 @@ async function reconcile() {
       if ((lastEventOf.get(payload.id) ?? -1) <= before) upsert(payload);
     }
   } catch (error) {
-    showState(state, "retrying");
+    showState("reconnecting");
   }
 }
 
-// Status is filtered here, not by the stream: a row shown must still hear that it finished.
-const streamFilters = new URLSearchParams();
-if (filters.action) streamFilters.set("action", filters.action);
-if (filters.tenant) streamFilters.set("tenant", filters.tenant);
-const stream = new EventStream(`/api/v1/stream?${streamFilters}`, {
-  onEvent: (name, payload) => {
+function showState(name) {
+  state.dataset.state = name;
+  state.textContent = STATE_TEXT[name] ?? name;
+}
+
+const connection = live();
+connection.events({
+  event: ({ data }) => {
     appliedEvents += 1;
-    lastEventOf.delete(payload.id);
-    lastEventOf.set(payload.id, appliedEvents);
+    lastEventOf.delete(data.id);
+    lastEventOf.set(data.id, appliedEvents);
     if (lastEventOf.size > REMEMBERED_EVENTS) lastEventOf.delete(lastEventOf.keys().next().value);
-    upsert(payload);
+    upsert(data);
   },
-  onOpen: reconcile,
-  onState: (s) => showState(state, s),
+  resync: reconcile,
 });
-stream.open();
+connection.onState((s) => {
+  showState(s.state);
+  if (s.state === "live") reconcile(); // the first time too: events between render and live
+});
+connectionBanner(document.getElementById("live-banner"), connection);
 tickDurations(rows);

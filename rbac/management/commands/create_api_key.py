@@ -1,3 +1,5 @@
+"""Issues an API key for a user from the server's shell (the key is printed once)."""
+
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model

@@ -1,0 +1,43 @@
+"""The queue a connection's messages wait in for the application (project/server.py)."""
+
+import asyncio
+
+from project.server import Inbound
+
+
+async def waiting(inbound: Inbound, receives: int) -> None:
+    """Until `receives` receives wait in it (a condition, with a failure bound)."""
+    async with asyncio.timeout(10):
+        while len(inbound._getters or ()) < receives:
+            await asyncio.sleep(0)
+
+
+async def test_it_hands_messages_over_in_order_to_a_waiting_and_a_later_receive():
+    inbound = Inbound()
+    receive = asyncio.ensure_future(inbound.get())
+    await waiting(inbound, 1)  # it waits before anything comes
+    inbound.put_nowait({"type": "http.request"})
+    inbound.put_nowait({"type": "http.disconnect"})
+    assert await asyncio.wait_for(receive, 10) == {"type": "http.request"}
+    assert await asyncio.wait_for(inbound.get(), 10) == {"type": "http.disconnect"}
+
+
+async def test_a_cancelled_receive_loses_no_message():
+    inbound = Inbound()
+    cancelled = asyncio.ensure_future(inbound.get())
+    other = asyncio.ensure_future(inbound.get())
+    await waiting(inbound, 2)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    inbound.put_nowait("only")
+    assert await asyncio.wait_for(other, 10) == "only"
+    assert cancelled.cancelled()
+
+
+async def test_two_receives_each_get_one_message():
+    inbound = Inbound()
+    first, second = asyncio.ensure_future(inbound.get()), asyncio.ensure_future(inbound.get())
+    await waiting(inbound, 2)
+    inbound.put_nowait(1)
+    inbound.put_nowait(2)
+    assert sorted(await asyncio.wait_for(asyncio.gather(first, second), 10)) == [1, 2]
