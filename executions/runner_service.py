@@ -55,6 +55,11 @@ NUDGE_RETRY_SECONDS = 1.0
 # away: the action is over, only the database can end the wait.
 RECORD_RETRY_FIRST_SECONDS = 0.2
 RECORD_RETRY_MAX_SECONDS = 5.0
+# A heartbeat step later than planned, or a control database call slower, than this share of the
+# abandon grace means this process or the database was held up (a starved CPU, a paused VM, a
+# stalled disk): the runners it would judge were most likely held up too, and their beats are
+# late for the same reason. It judges none until it has run on time for a whole grace again.
+HELD_UP_SHARE_OF_GRACE = 0.25
 # On shutdown, what a canceled run still has pending gets this long to be stored.
 SHUTDOWN_DRAIN_SECONDS = 10.0
 # The last line of a run its runner stopped (SIGTERM past RUNNER_SHUTDOWN_GRACE_SECONDS).
@@ -118,11 +123,13 @@ class RunnerService:
         self._data = ThreadPoolExecutor(DATA_DB_THREADS, thread_name_prefix="tailgate-data")
         self._tasks: list[asyncio.Task] = []
         self._db_down = False
-        # As if the database came back one grace ago: a fresh runner may reap at once.
-        self._db_back_at = time.monotonic() - settings.RUNNER_ABANDON_GRACE_SECONDS
+        # As if it had run on time for a whole grace: a fresh runner may reap at once.
+        self._on_time_since = time.monotonic() - settings.RUNNER_ABANDON_GRACE_SECONDS
+        self._next_beat_due: float | None = None
 
     async def control_db(self, fn, *args, **kwargs) -> Any:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             result = await loop.run_in_executor(
                 self._control, lambda: _db_call(fn, *args, **kwargs)
@@ -133,7 +140,9 @@ class RunnerService:
             raise
         if self._db_down:
             self._db_down = False
-            self._db_back_at = time.monotonic()
+            self._held_up("the database is back")
+        elif time.monotonic() - started > self._held_up_seconds():
+            self._held_up("a database call was slow")
         return result
 
     async def data_db(self, fn, *args, **kwargs) -> Any:
@@ -152,19 +161,35 @@ class RunnerService:
 
     async def heartbeat_step(self) -> None:
         grace = settings.RUNNER_ABANDON_GRACE_SECONDS
-        if self.running:
-            await self.control_db(services.heartbeat, self.runner_id, list(self.running))
-        if self._db_reachable_for() >= grace:
-            await self.control_db(reap_abandoned, grace)
+        now = time.monotonic()
+        if self._next_beat_due is not None and now - self._next_beat_due > self._held_up_seconds():
+            self._held_up("this process was held up")
+        try:
+            if self.running:
+                await self.control_db(services.heartbeat, self.runner_id, list(self.running))
+            if self.on_time_for() >= grace:
+                # Its own runs are alive whatever their beats say: it is running them.
+                await self.control_db(reap_abandoned, grace, list(self.running))
+        finally:
+            self._next_beat_due = time.monotonic() + settings.RUNNER_HEARTBEAT_SECONDS
 
-    def _db_reachable_for(self) -> float:
-        """Seconds since this runner's database calls last started working again.
+    def on_time_for(self) -> float:
+        """Seconds this runner has run on time: its database calls working and quick, its
+        heartbeat steps when planned.
 
-        A runner that was cut off from the database for longer than the abandon grace must
-        not judge others by their heartbeats at once: they were cut off too and have not
+        A runner that was cut off from the database, or held up itself, must not judge others
+        by their heartbeats at once: they were most likely cut off or held up too and have not
         had the chance to beat again.
         """
-        return time.monotonic() - self._db_back_at
+        return time.monotonic() - self._on_time_since
+
+    def _held_up_seconds(self) -> float:
+        return settings.RUNNER_ABANDON_GRACE_SECONDS * HELD_UP_SHARE_OF_GRACE
+
+    def _held_up(self, why: str) -> None:
+        if self.on_time_for() >= settings.RUNNER_ABANDON_GRACE_SECONDS:
+            log.info("runner %s judges no heartbeats for a while: %s", self.runner_id, why)
+        self._on_time_since = time.monotonic()
 
     async def cancel_step(self) -> None:
         if not self.running:

@@ -7,6 +7,7 @@ reap_abandoned     running executions whose runner stopped heartbeating → aban
                    under a finished workflow (nothing would ever run them)
 """
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.db import connection, transaction
@@ -47,13 +48,16 @@ def canceling_among(execution_ids: list[str]) -> list[str]:
     )
 
 
-def reap_abandoned(grace_seconds: float) -> list[str]:
+def reap_abandoned(grace_seconds: float, alive: Sequence[str] = ()) -> list[str]:
     """Mark running executions whose runner stopped heartbeating as `abandoned`, with their
-    unfinished workflow children; the ids."""
+    unfinished workflow children; the ids. `alive`: executions known to be running (the
+    caller's own), never reaped."""
     cutoff = timezone.now() - timedelta(seconds=grace_seconds)
-    stale = Execution.objects.filter(
-        status__in=(S.RUNNING, S.CANCELING), heartbeat_at__lt=cutoff
-    ).values_list("pk", "runner_id", "heartbeat_at")
+    stale = (
+        Execution.objects.filter(status__in=(S.RUNNING, S.CANCELING), heartbeat_at__lt=cutoff)
+        .exclude(pk__in=alive)
+        .values_list("pk", "runner_id", "heartbeat_at")
+    )
     reaped = []
     for execution_id, runner_id, beat in list(stale):
         reason = f"runner {runner_id} stopped heartbeating (last at {beat:%Y-%m-%d %H:%M:%S} UTC)"

@@ -1,13 +1,16 @@
 """The runner service: claiming, nudges, heartbeats, abandoned runs, graceful shutdown."""
 
 import asyncio
+import itertools
 import re
 import signal
+import threading
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
 
-from executions import services
+from executions import services, storage
 from executions.models import Execution, ExecutionEvent, ExecutionStatus, OutputChunk
 from executions.runner_service import SHUTDOWN_MESSAGE, RunnerService, reap_abandoned
 from tests.runner_helpers import (
@@ -106,29 +109,133 @@ def test_it_marks_the_executions_of_a_killed_runner_abandoned_within_the_grace(a
     assert execution.finished_at is not None
 
 
-async def test_it_does_not_reap_a_busy_runner(actions, settings):
-    # A grace of 13 beats: a starved CPU delays a beat by a second or more (a grace of five
-    # beats, 1.5 s, reaped this busy runner on a loaded machine), and a writer that held the
-    # beats back would still hold them for the whole run, twice the grace.
-    settings.RUNNER_HEARTBEAT_SECONDS = 0.3
-    settings.RUNNER_ABANDON_GRACE_SECONDS = 4
+async def test_it_keeps_beating_while_its_writer_is_stuck(actions, monkeypatch):
+    # A busy or stuck writer must never make a live runner look dead: heartbeats go out on the
+    # control thread, not behind the writes. The writer is held here, not merely kept busy, so
+    # no timing decides the outcome: every beat seen while it is held came from the control
+    # thread.
+    entered, release = threading.Event(), threading.Event()
+    store_batch = storage.store_batch
+    calls = itertools.count()
+
+    def held_store_batch(*args, **kwargs):
+        if next(calls) == 1:  # the second batch: the first one is stored and has beaten
+            entered.set()
+            release.wait(120)
+        return store_batch(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "store_batch", held_store_batch)
     busy = RunnerService(concurrency=1)
-    reaper = RunnerService(concurrency=1)
     await busy.start_service()
     try:
-        # Heavy output for 8 s and more: far longer than the grace, the writer always busy.
-        cmd = "i=0; while [ $i -lt 8 ]; do seq 1 100000; sleep 1; i=$((i+1)); done"
         execution = await sync_to_async(services.create_execution)(
-            actions["core.local"], {"cmd": cmd}
+            actions["core.local"], {"cmd": "seq 1 100000"}
         )
-        reaper.stopping = True  # it only reaps, it claims nothing
-        await reaper.start_service()
+        await sync_to_async(wait_until)(entered.is_set, START, "the writer to be held")
+
+        async def beat_after(previous):
+            def later():
+                row = Execution.objects.get(pk=execution.pk)
+                return row.heartbeat_at if row.heartbeat_at > previous else None
+
+            return await sync_to_async(wait_until)(later, START, f"a beat after {previous}")
+
+        held_at = (await Execution.objects.aget(pk=execution.pk)).heartbeat_at
+        first = await beat_after(held_at)
+        await beat_after(first)  # issued after the hold began, whatever was in flight before
+        assert not release.is_set()
+        stored = await OutputChunk.objects.filter(execution=execution).acount()
+        assert stored < 100_000  # the writer really was held all along
+        release.set()
         finished = await finished_row(execution.id)
         assert finished.status == S.SUCCEEDED, finished.error
-        assert finished.last_seq == 800_000
+        assert finished.last_seq == 100_000
     finally:
-        await reaper.stop(grace_seconds=1)
+        release.set()
         await busy.stop(grace_seconds=5)
+
+
+def _stale_run(actions, runner_id="gone:1"):
+    from django.utils import timezone
+
+    execution = services.create_execution(actions["core.local"], {"cmd": "true"})
+    Execution.objects.filter(pk=execution.pk).update(
+        status=S.RUNNING,
+        runner_id=runner_id,
+        heartbeat_at=timezone.now() - timezone.timedelta(hours=1),
+    )
+    return execution
+
+
+async def test_it_reaps_a_dead_runners_run_when_it_has_run_on_time(actions, settings):
+    settings.RUNNER_ABANDON_GRACE_SECONDS = 30
+    stale = await sync_to_async(_stale_run)(actions)
+    reaper = RunnerService(concurrency=1)
+    try:
+        await reaper.heartbeat_step()
+    finally:
+        reaper.close()
+    assert (await Execution.objects.aget(pk=stale.pk)).status == S.ABANDONED
+
+
+async def test_it_judges_no_heartbeat_right_after_it_was_held_up_itself(actions, settings):
+    # A heartbeat step far later than planned: this process was starved (or paused), and the
+    # runners it would judge most likely were too. Their runs are not theirs to lose.
+    settings.RUNNER_ABANDON_GRACE_SECONDS = 30
+    stale = await sync_to_async(_stale_run)(actions)
+    reaper = RunnerService(concurrency=1)
+    reaper._next_beat_due = time.monotonic() - 10  # 10 s late: over a quarter of the grace
+    try:
+        await reaper.heartbeat_step()
+        assert reaper.on_time_for() < settings.RUNNER_ABANDON_GRACE_SECONDS
+        assert (await Execution.objects.aget(pk=stale.pk)).status == S.RUNNING
+        # On time again for a whole grace (as if): it judges again.
+        reaper._on_time_since -= settings.RUNNER_ABANDON_GRACE_SECONDS
+        await reaper.heartbeat_step()
+    finally:
+        reaper.close()
+    assert (await Execution.objects.aget(pk=stale.pk)).status == S.ABANDONED
+
+
+async def test_it_judges_no_heartbeat_right_after_a_slow_database_call(
+    actions, settings, monkeypatch
+):
+    settings.RUNNER_ABANDON_GRACE_SECONDS = 30
+    stale = await sync_to_async(_stale_run)(actions)
+    reaper = RunnerService(concurrency=1)
+    clock = [time.monotonic()]
+    monkeypatch.setattr("executions.runner_service.time.monotonic", lambda: clock[0])
+
+    def slow_claim(runner_id, free):
+        clock[0] += 10  # this call took 10 s, as far as the runner can tell
+        return []
+
+    monkeypatch.setattr("executions.runner_service.claim_scheduled", slow_claim)
+    try:
+        await reaper.claim_step()
+        await reaper.heartbeat_step()
+        assert (await Execution.objects.aget(pk=stale.pk)).status == S.RUNNING
+        # On time again for a whole grace (as if): it judges again.
+        reaper._on_time_since -= settings.RUNNER_ABANDON_GRACE_SECONDS
+        await reaper.heartbeat_step()
+    finally:
+        reaper.close()
+    assert (await Execution.objects.aget(pk=stale.pk)).status == S.ABANDONED
+
+
+async def test_it_never_reaps_its_own_runs_whatever_their_beats_say(actions, settings, monkeypatch):
+    settings.RUNNER_ABANDON_GRACE_SECONDS = 30
+    reaper = RunnerService(concurrency=1, runner_id="here:1")
+    own = await sync_to_async(_stale_run)(actions, reaper.runner_id)
+    # Its own run, its beat held up (by a stalled disk, say): it is running it, so it lives.
+    reaper.running[own.id] = (None, None)  # type: ignore[assignment]
+    monkeypatch.setattr(services, "heartbeat", lambda runner_id, ids: None)  # the beat held up
+    try:
+        await reaper.heartbeat_step()
+    finally:
+        reaper.running.clear()
+        reaper.close()
+    assert (await Execution.objects.aget(pk=own.pk)).status == S.RUNNING
 
 
 async def test_it_wakes_on_a_nudge_without_waiting_for_the_poll(actions, settings):
