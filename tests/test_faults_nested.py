@@ -13,7 +13,8 @@ the dead one was alone or by the draw, a fresh one started after it):
                 lets k-1 writes through and kills the runner inside write k. The committed
                 family is then exactly WRITES[:k-1], and the outcome is exact too.
     output      the runner dies once N lines of the family's output are stored (mid-sleep:
-                its actions' processes are alive and must die with it).
+                its actions' processes are alive and must die with it). The test holds the
+                lifecycle writes meanwhile too, so the family cannot end before the kill.
     canceling   the root is canceled while a task runs; the runner dies inside the next
                 write (the cancel passed down, or a task's end).
 
@@ -45,11 +46,17 @@ from tests.runner_helpers import register_pack, start_actionrunner, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster, pytest.mark.faults]
 S = ExecutionStatus
-GRACE_SECONDS = 3
+# Every runner here reaps the others, so a live runner whose heartbeats stop for a grace is
+# abandoned by its peer: the test's own hold at the gate (a lifecycle write shares the control
+# thread with the heartbeat) plus a stall of the test or of that runner alone must stay far
+# below it. 3 s did not on a starved CPU; each kill then waits about a grace.
+GRACE_SECONDS = 15
 HEARTBEAT_SECONDS = 0.5
 # Waiting on another process (start-up on a busy machine, the reaper's next step): a bound for
 # a broken product only, never a measure of how soon it happens.
-WAIT_SECONDS = 60
+WAIT_SECONDS = 180
+# Rounds of runner start-ups, kills and a grace each, on a machine shared by many test runs.
+TEST_SECONDS = 1200
 # TAILGATE_FAULT_SEED replays a failed run's kill points (each failure message names its seed).
 SEED = int(os.environ.get("TAILGATE_FAULT_SEED") or random.randrange(1 << 32))
 # Runner processes are named by their PostgreSQL application name, so the test can tell which
@@ -302,6 +309,7 @@ def _start_round(outer, rng: random.Random, runners: Runners) -> tuple[Execution
     return root, marker
 
 
+@pytest.mark.timeout(TEST_SECONDS)
 def test_it_ends_the_family_whatever_lifecycle_write_its_runner_dies_in(outer, runners):
     rng = random.Random(SEED)
     # Always the root's claim (taken by another runner) and a child's claim (a `scheduled`
@@ -330,32 +338,64 @@ def test_it_ends_the_family_whatever_lifecycle_write_its_runner_dies_in(outer, r
         assert_consistent(family, killed, why)
 
 
+def hold_until(gate: LifecycleGate, reached, last: int, what: str) -> int:
+    """Let the family's lifecycle writes through one at a time until `reached()` holds, or a
+    runner waits inside write `last + 1`: the family never runs ahead of the test, however long
+    the test or a runner stalls. The number of writes let through."""
+    let_through = 0
+
+    def stopped() -> bool:
+        nonlocal let_through
+        if reached():
+            return True
+        if gate.waiting():
+            if let_through == last:
+                return True
+            gate.step()
+            let_through += 1
+        return False
+
+    wait_until(stopped, WAIT_SECONDS, what)
+    return let_through
+
+
+@pytest.mark.timeout(TEST_SECONDS)
 def test_it_ends_the_family_whatever_output_line_its_runner_dies_at(outer, runners):
     rng = random.Random(SEED + 1)
     for round_ in range(3):
         lines = rng.randint(1, 5)  # inside the inner workflow: the root is still running
         why = f"seed {SEED + 1}, round {round_}, killed after {lines} stored lines"
-        root, marker = _start_round(outer, rng, runners)
-        # ... while a task's processes are alive: they must die with their runner.
-        wait_until(
-            lambda: stdout_lines(root.pk) >= lines and process_tree_pids(marker),  # noqa: B023
-            WAIT_SECONDS,
-            why,
-        )
-        killed = runners.owner(Execution.objects.get(pk=root.pk))
-        runners.kill(killed)
+        gate = LifecycleGate()  # the root cannot end before the kill, whatever the stalls
+        try:
+            root, marker = _start_round(outer, rng, runners)
+            # ... while a task's processes are alive: they must die with their runner. (A test
+            # that missed every task alive stops the family inside the root's last write.)
+            hold_until(
+                gate,
+                lambda: stdout_lines(root.pk) >= lines and process_tree_pids(marker),  # noqa: B023
+                len(WRITES) - 1,
+                why,
+            )
+            killed = runners.owner(Execution.objects.get(pk=root.pk))
+            runners.kill(killed)
+        finally:
+            gate.open()
         family = finish_round(root.pk, marker, killed, runners, fresh=rng.random() < 0.5)
         assert family[""].status == S.ABANDONED, why
         assert_consistent(family, killed, why)
 
 
+@pytest.mark.timeout(TEST_SECONDS)
 def test_it_ends_a_canceling_family_whose_runner_dies(outer, runners):
     """Canceled while `inner.first` runs, its runner killed inside the next lifecycle write (the
     cancel passed down, or a task's end): `canceling` is reaped as `running` is."""
-    root, marker = _start_round(outer, random.Random(SEED + 2), runners)
-    wait_until(lambda: process_tree_pids(marker), WAIT_SECONDS, "inner.first's processes")
-    gate = LifecycleGate()
+    gate = LifecycleGate()  # `inner.first` cannot end unseen: its end is a lifecycle write
     try:
+        root, marker = _start_round(outer, random.Random(SEED + 2), runners)
+        first_running = WRITES.index(("inner.first", S.RUNNING)) + 1
+        hold_until(
+            gate, lambda: process_tree_pids(marker), first_running, "inner.first's processes"
+        )
         services.cancel(Execution.objects.get(pk=root.pk))  # the test's session passes its gate
         waiting = wait_until(gate.waiting, WAIT_SECONDS, "the runner's next write")
         killed = runners.named(waiting)

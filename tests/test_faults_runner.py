@@ -5,9 +5,13 @@ process of theirs lives on.
     reaper (this test's RunnerService, claims nothing)           them by a marker in their
                                                                  environment, wherever they
                                                                  were re-parented)
+
+The reaper starts only once the runner is dead: with a short grace, a reaper running beside a
+live runner that a busy machine stalls for a few seconds would abandon a run that is alive.
 """
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -26,8 +30,9 @@ S = ExecutionStatus
 ROUNDS = 5
 GRACE_SECONDS = 3
 HEARTBEAT_SECONDS = 0.5
-# Waiting on another process (start-up on a busy machine, the reaper's next step).
-WAIT_SECONDS = 60
+# Waiting on another process (start-up on a busy machine, the reaper's next step): a bound
+# for a broken product only.
+WAIT_SECONDS = 120
 BACKGROUND = "sleep 300 & sleep 300 & echo started; wait"
 WORKFLOW = """
 tasks:
@@ -52,14 +57,22 @@ async def _until(predicate, what: str, timeout: float = WAIT_SECONDS):
 
 
 @pytest.fixture
-async def reaper(settings):
+def reaper(settings):
+    """Starts a reaper (a RunnerService that claims nothing) when called; stopped at the end."""
     settings.RUNNER_ABANDON_GRACE_SECONDS = GRACE_SECONDS
     settings.RUNNER_HEARTBEAT_SECONDS = HEARTBEAT_SECONDS
-    service = RunnerService(concurrency=1)
-    service.stopping = True  # it only reaps, it claims nothing
-    await service.start_service()
-    yield service
-    await service.stop(grace_seconds=1)
+
+    @contextlib.asynccontextmanager
+    async def reaping():
+        service = RunnerService(concurrency=1)
+        service.stopping = True  # it only reaps, it claims nothing
+        await service.start_service()
+        try:
+            yield service
+        finally:
+            await service.stop(grace_seconds=1)
+
+    return reaping
 
 
 def _doomed_runner():
@@ -78,7 +91,7 @@ def _status(execution_id: str) -> str:
     return Execution.objects.get(pk=execution_id).status
 
 
-async def _kill_mid_run(create, marker: str) -> Execution:
+async def _kill_mid_run(create, marker: str, reaping) -> Execution:
     """Start a runner, let it start `create()`'s run, SIGKILL it; the run once abandoned."""
     runner = _doomed_runner()
     try:
@@ -86,10 +99,13 @@ async def _kill_mid_run(create, marker: str) -> Execution:
         await _until(lambda: _has_output(execution.id) or any_child_output(execution), "output")
         # A workflow writes its own line before its task's processes exist: wait for them.
         await _until(lambda: len(process_tree_pids(marker)) >= 4, "keeper, sh, two sleeps")
+        assert await sync_to_async(_status)(execution.id) == S.RUNNING
         runner.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(runner.wait, 30)
+        await asyncio.to_thread(runner.wait, WAIT_SECONDS)
         await _until(lambda: not process_tree_pids(marker), "the action's processes to die")
-        await _until(lambda: _status(execution.id) == S.ABANDONED, "abandoned")
+        # Only now a reaper: nothing alive is left for it to misjudge.
+        async with reaping():
+            await _until(lambda: _status(execution.id) == S.ABANDONED, "abandoned")
     finally:
         if runner.poll() is None:
             runner.kill()
@@ -106,7 +122,7 @@ async def test_it_abandons_a_killed_runners_runs_and_leaves_no_orphans(actions, 
         marker = f"fault-{os.getpid()}-{round_}-{uuid.uuid4().hex}"
         params = {"cmd": BACKGROUND, "env": {"TAILGATE_FAULT_MARK": marker}}
         done = await _kill_mid_run(
-            lambda p=params: services.create_execution(actions["core.local"], p), marker
+            lambda p=params: services.create_execution(actions["core.local"], p), marker, reaper
         )
         assert "stopped heartbeating" in done.error, round_
         assert process_tree_pids(marker) == []
@@ -123,7 +139,7 @@ async def test_it_abandons_a_killed_runners_workflow_with_its_child(actions, rea
     flow = (await register_pack(tmp_path, "doomed", files))["flow"]
     marker = f"fault-{os.getpid()}-flow-{uuid.uuid4().hex}"
     params = {"cmd": BACKGROUND, "env": {"TAILGATE_FAULT_MARK": marker}}
-    done = await _kill_mid_run(lambda: services.create_execution(flow, params), marker)
+    done = await _kill_mid_run(lambda: services.create_execution(flow, params), marker, reaper)
     children = [c async for c in Execution.objects.filter(parent_id=done.id)]
     assert [c.task_name for c in children] == ["hang"]
     assert children[0].status == S.ABANDONED
