@@ -25,6 +25,8 @@ ARTIFACTS = BASE_DIR / "test-artifacts"
 START_SECONDS = 180
 PROBE_SECONDS = 10
 STOP_SECONDS = 15
+# Starts of a server whose port another process took meanwhile (see `Server.start`).
+PORT_TRIES = 3
 
 
 def free_port() -> int:
@@ -57,16 +59,39 @@ class Server:
         self.args = args
         self.env = env
         self.port = port or free_port()
+        self._own_port = port is None
+        self._own_log = log_path is None
         self.log_path = log_path or ARTIFACTS / f"serve-{self.port}.log"
         self.process: subprocess.Popen | None = None
         self._log_mode = "w"
+        self._starts = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        """Start it and wait until it answers; a server that does not is stopped."""
+        """Start it and wait until it answers; a server that does not is stopped.
+
+        A free port is free only when `free_port` looked: another process on this busy machine
+        may take it before the server binds it. A first start then moves to another port."""
+        for _ in range(PORT_TRIES - 1):
+            try:
+                return self._start()
+            except AssertionError:
+                taken = "Address already in use" in self._log()
+                if not (taken and self._own_port and self._starts == 1):
+                    raise
+            self.port, self._log_mode, self._starts = free_port(), "w", 0
+            if self._own_log:
+                self.log_path = ARTIFACTS / f"serve-{self.port}.log"
+        self._start()
+
+    def _log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def _start(self) -> None:
+        self._starts += 1
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open(self._log_mode) as log:
             self.process = subprocess.Popen(

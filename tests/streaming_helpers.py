@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
-from channels.testing import ApplicationCommunicator
+from channels.testing import ApplicationCommunicator, WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 
 from executions import publish, services, storage
@@ -22,6 +22,9 @@ db = database_sync_to_async
 # How long a disconnected stream may take to end: a failure bound only (a stream ends within
 # milliseconds of `http.disconnect`; a busy machine must not fail a test that waits on it).
 DISCONNECT_SECONDS = 30
+# How long a test waits for a message it expects: a failure bound only. A machine that stalls
+# the test process for several seconds must not fail a read that would have succeeded.
+RECEIVE_SECONDS = 60
 
 
 def http_scope(path: str, query: str = "", headers=(), user=None, method: str = "GET") -> dict:
@@ -63,20 +66,20 @@ class Response:
         communicator = open_http(path, query, user=user, headers=headers, method=method)
         await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
         response = cls(communicator)
-        start = await communicator.receive_output(timeout=10)
+        start = await communicator.receive_output(timeout=RECEIVE_SECONDS)
         assert start["type"] == "http.response.start", start
         response.status = start["status"]
         response.headers = {k.decode(): v.decode() for k, v in start["headers"]}
         return response
 
-    async def read_message(self, timeout: float = 10) -> bytes:
+    async def read_message(self, timeout: float = RECEIVE_SECONDS) -> bytes:
         message = await self.communicator.receive_output(timeout=timeout)
         assert message["type"] == "http.response.body", message
         self.ended = not message.get("more_body", False)
         self.buffer += message.get("body", b"")
         return message.get("body", b"")
 
-    async def body(self, timeout: float = 10) -> bytes:
+    async def body(self, timeout: float = RECEIVE_SECONDS) -> bytes:
         """Everything up to the end of the response."""
         while not self.ended:
             await self.read_message(timeout)
@@ -85,7 +88,7 @@ class Response:
     def json(self) -> dict:
         return json.loads(self.buffer)
 
-    async def next_sse(self, timeout: float = 10, *, comments: bool = False) -> dict:
+    async def next_sse(self, timeout: float = RECEIVE_SECONDS, *, comments: bool = False) -> dict:
         """The next SSE frame: {"event", "id", "data"} (or {"comment"} / {"retry"})."""
         deadline = time.monotonic() + timeout
         while True:
@@ -98,7 +101,9 @@ class Response:
                 raise AssertionError("the response ended")
             await self.read_message(max(0.01, deadline - time.monotonic()))
 
-    async def events_until(self, name: str = "done", timeout: float = 20) -> list[dict]:
+    async def events_until(
+        self, name: str = "done", timeout: float = RECEIVE_SECONDS
+    ) -> list[dict]:
         """Frames up to and including the first `name` event."""
         frames = []
         deadline = time.monotonic() + timeout
@@ -111,6 +116,26 @@ class Response:
     async def disconnect(self) -> None:
         await self.communicator.send_input({"type": "http.disconnect"})
         await self.communicator.wait(timeout=DISCONNECT_SECONDS)
+
+
+class Socket(WebsocketCommunicator):
+    """A WebsocketCommunicator whose waits default to RECEIVE_SECONDS, not channels' 1 s (which
+    a stalled machine overruns): failure bounds only, a message that comes is taken at once."""
+
+    async def connect(self, timeout: float = RECEIVE_SECONDS):
+        return await super().connect(timeout)
+
+    async def receive_from(self, timeout: float = RECEIVE_SECONDS):
+        return await super().receive_from(timeout)
+
+    async def receive_json_from(self, timeout: float = RECEIVE_SECONDS):
+        return await super().receive_json_from(timeout)
+
+    async def receive_output(self, timeout: float = RECEIVE_SECONDS):
+        return await super().receive_output(timeout)
+
+    async def disconnect(self, code: int = 1000, timeout: float = RECEIVE_SECONDS):
+        return await super().disconnect(code, timeout)
 
 
 def parse_sse(raw: str) -> dict:
@@ -170,7 +195,7 @@ async def finish(execution: Execution, status: str = ExecutionStatus.SUCCEEDED, 
     return await db(services.finish)(execution.id, status, exit_code=exit_code)
 
 
-async def eventually(predicate, timeout: float = 30, what: str = "a condition"):
+async def eventually(predicate, timeout: float = RECEIVE_SECONDS, what: str = "a condition"):
     """Poll `predicate` (sync or async) until true: state with no notification to wait on.
 
     The timeout is a failure bound, generous so that a busy machine fails nothing."""

@@ -12,6 +12,7 @@ from streaming import hub as hub_module
 from streaming.hub import Hub
 from streaming.live import LIVE_BUFFER_MESSAGES, Control, LiveFeed, Overflow
 from tests.streaming_helpers import (
+    RECEIVE_SECONDS,
     Response,
     db,
     eventually,
@@ -195,7 +196,7 @@ async def test_a_stream_followed_again_while_its_group_is_left_is_joined_again(s
     layer.group_discard = slow_discard
     try:
         hub.unfollow(first)
-        await asyncio.wait_for(leaving.wait(), 10)
+        await asyncio.wait_for(leaving.wait(), RECEIVE_SECONDS)
         hub.follow(again, [group])  # while the hub is leaving the group
         release.set()
         assert await hub.wait_joined([group])  # joined again, and nothing raised
@@ -221,7 +222,7 @@ async def test_a_verdict_goes_only_to_the_streams_it_checked(monkeypatch):
     checked, joined = Watcher(LiveFeed(), "A"), Watcher(LiveFeed(), "B")
     watch.watchers.add(checked)
     recheck = asyncio.create_task(watch.recheck())
-    await asyncio.wait_for(checking.wait(), 10)
+    await asyncio.wait_for(checking.wait(), RECEIVE_SECONDS)
     watch.watchers.add(joined)  # a stream that opened while the check ran (B was not in it)
     finish.set()
     await recheck
@@ -242,7 +243,7 @@ async def test_with_many_streams_it_wakes_them_once_per_tick(settings):
     for seq in (1, 2, 3):
         hub.dispatch(_batch(execution_id, seq))
     assert not any(reader.done() for reader in readers)  # nobody woken per message ...
-    taken = await asyncio.wait_for(asyncio.gather(*readers), 10)  # ... but on the tick
+    taken = await asyncio.wait_for(asyncio.gather(*readers), RECEIVE_SECONDS)  # ... but on the tick
     for items in taken:  # each woke once, for all three
         assert [item["first_seq"] for item in items] == [1, 2, 3]
     for feed in feeds:
@@ -281,7 +282,7 @@ async def test_a_stream_that_gave_up_waiting_for_its_group_is_told_to_resync(mon
         hub.follow(feed, [group])
         assert not await hub.wait_joined([group])  # gave up: goes on from the database
         release.set()
-        assert await asyncio.wait_for(feed.inbox.take(None), 10) == [Control("resync")]
+        assert await asyncio.wait_for(feed.inbox.take(None), RECEIVE_SECONDS) == [Control("resync")]
     finally:
         layer.group_add = add
         hub.unfollow(feed)

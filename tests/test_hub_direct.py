@@ -21,6 +21,7 @@ from streaming.flow import FLOW_EXTENSION, FlowControl
 from streaming.live import Inbox
 from streaming.routing import http_routes
 from tests.streaming_helpers import (
+    RECEIVE_SECONDS,
     db,
     eventually,
     finish,
@@ -89,7 +90,7 @@ class Connection:
     async def close(self) -> None:
         self.requests.put_nowait({"type": "http.disconnect"})
         assert self.task is not None
-        await asyncio.wait_for(self.task, 30)
+        await asyncio.wait_for(self.task, RECEIVE_SECONDS)
 
 
 @pytest.fixture
@@ -103,6 +104,9 @@ def ticking(settings):
     settings.STREAM_COALESCE_MIN_STREAMS = 1
     settings.STREAM_ACCESS_RECHECK_SECONDS = 3600
     settings.STREAM_KEEPALIVE_SECONDS = 3600
+    # Nor may a ring be skipped because a stalled loop overran the layer's send timeout: the
+    # streams' own tasks would then heal from the log, and the last ring has no re-check.
+    settings.CHANNEL_LAYER_SEND_TIMEOUT_SECONDS = RECEIVE_SECONDS
 
 
 @pytest.mark.usefixtures("ticking")
@@ -138,7 +142,7 @@ async def test_it_writes_a_caught_up_stream_directly_and_a_lagging_one_through_i
         await eventually(lambda c=connection: c.seqs() == [1, 2, 3, 4, 5, 6, 7], what="backfill")
     await finish(execution)
     for connection in (fast, slow):
-        await asyncio.wait_for(connection.task, 30)  # the stream ends after `done`
+        await asyncio.wait_for(connection.task, RECEIVE_SECONDS)  # the stream ends after `done`
         assert connection.events()[-1]["event"] == "done"
         assert connection.seqs() == [1, 2, 3, 4, 5, 6, 7]  # no loss, duplicate or reorder
         assert [f["data"]["data"] for f in connection.events()[:-1]] == [
@@ -169,7 +173,7 @@ async def test_it_writes_plain_text_directly_with_the_type_filter(actions, tenan
     assert everything.hub_wrote("out 3\n")
     await finish(execution)
     for connection in (errors, everything):
-        await asyncio.wait_for(connection.task, 30)
+        await asyncio.wait_for(connection.task, RECEIVE_SECONDS)
     assert errors.body == b"err 2\nerr 4\n"
 
 
@@ -218,7 +222,7 @@ async def test_caught_up_streams_get_live_output_without_their_inboxes(
     assert all(c.hub_wrote(f'"line {n}\\n"') for c in streams for n in range(2, 6))
     await finish(execution)  # a lifecycle event: each stream's task must see it
     for connection in streams:
-        await asyncio.wait_for(connection.task, 30)
+        await asyncio.wait_for(connection.task, RECEIVE_SECONDS)
         assert connection.events()[-1]["event"] == "done"
         assert connection.seqs() == [1, 2, 3, 4, 5]
     assert puts.count("execution.event") == len(streams)

@@ -24,7 +24,7 @@ from tests.rbac_helpers import (
     session_headers,
 )
 from tests.server_helpers import serve, session_cookie
-from tests.streaming_helpers import eventually
+from tests.streaming_helpers import RECEIVE_SECONDS, eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,6 +44,9 @@ def _own_limits(settings):
     settings.STREAM_MAX_CONNECTIONS_PER_PRINCIPAL = PRINCIPAL_LIMIT
     settings.STREAM_MAX_CONNECTIONS_PER_TENANT = TENANT_LIMIT
     settings.STREAM_LIMIT_KEY_PREFIX = f"test:{uuid.uuid4().hex}"
+    yield
+    # A store built with a test's small pool must not outlive it, failed or not.
+    limits._redis = None
 
 
 def viewer(name: str, tenant) -> object:
@@ -82,11 +85,11 @@ class Streams:
         """Start `count` connects at once; returns when each has its answer."""
         entered = [asyncio.Event() for _ in range(count)]
         self.tasks += [asyncio.create_task(self._stream(e)) for e in entered]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in entered)), 30)
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in entered)), RECEIVE_SECONDS)
 
     async def close_all(self) -> None:
         self.release.set()
-        await asyncio.wait_for(asyncio.gather(*self.tasks), 10)
+        await asyncio.wait_for(asyncio.gather(*self.tasks), RECEIVE_SECONDS)
 
 
 def buckets(user, api_key=None) -> list[str]:
@@ -286,15 +289,31 @@ def _bucket(name: str) -> list[limits.Bucket]:
     return [limits.Bucket(name, TENANT_LIMIT)]
 
 
+async def _lease_ms_left(store) -> int:
+    """What is left of this process's lease in Redis, in ms (-2: none)."""
+    async with store._turn(wait=None) as redis:
+        return await redis.client.pttl(store._lease_key())
+
+
+async def _set_lease_ms_left(store, ms: int) -> None:
+    async with store._turn(wait=None) as redis:
+        await redis.client.pexpire(store._lease_key(), ms)
+
+
 @pytest.mark.cluster
 async def test_it_frees_slots_of_a_crashed_process_after_the_lease(member, tenant, settings):
-    settings.STREAM_SLOT_TTL_SECONDS = 1
+    # Taken under a lease no stall of this process outlasts (with a short one, a stall between
+    # two takes let the first lapse, and the bucket was never full).
+    settings.STREAM_SLOT_TTL_SECONDS = 3600
     store = slot_store()
     bucket = _bucket(f"tenant:{tenant.pk}")
     # A process that took slots and died: nobody renews or releases them.
     for _ in range(TENANT_LIMIT):
         assert await store.acquire(bucket, uuid.uuid4().hex) is None
     assert await store.acquire(bucket, uuid.uuid4().hex) == bucket[0]
+    # The lease is STREAM_SLOT_TTL_SECONDS long (less what a stall of a minute took of it) ...
+    assert (3600 - 60) * 1000 < await _lease_ms_left(store) <= 3600 * 1000
+    await _set_lease_ms_left(store, 500)  # ... and here it passes sooner than an hour
 
     async def _a_slot_is_free() -> bool:
         probe = uuid.uuid4().hex
@@ -303,24 +322,34 @@ async def test_it_frees_slots_of_a_crashed_process_after_the_lease(member, tenan
             return True
         return False
 
-    await eventually(_a_slot_is_free, timeout=30, what="a free slot after the lease")
+    await eventually(_a_slot_is_free, what="a free slot after the lease")
 
 
 @pytest.mark.cluster
 async def test_it_renews_the_lease_of_a_live_stream(member, tenant, settings):
-    # A renewal is due every 0.7 s: a lease outlives a stall of 1.4 s of this process's loop
-    # (0.6 s, renewed every 0.2 s, lapsed on a starved machine).
-    settings.STREAM_SLOT_TTL_SECONDS = 2.1
+    """Watched on the lease itself, not on the clock: with a short lease, a stall of this
+    process longer than the lease lapsed it (as it should) and failed the test."""
+    settings.STREAM_SLOT_TTL_SECONDS = 1.5  # a renewal every 0.5 s
     streams = Streams(member)
-    await streams.open(PRINCIPAL_LIMIT)
+    await streams.open(1)  # one take: a stall between two takes could let the first lapse
+    assert streams.opened == 1
     store = slot_store()
-    full = [limits.Bucket(f"user:{member.pk}", PRINCIPAL_LIMIT)]
-    # Several lease lengths later the live streams still hold every slot (the check runs
-    # until three leases have passed, by Redis's own clock).
-    for _ in range(20):
-        assert await store.acquire(full, uuid.uuid4().hex) == full[0]
-        await asyncio.sleep(0.35)
+    # The stream's slot belongs to this process's lease (members are `<process>|<slot>`).
+    async with store._turn(wait=None) as redis:
+        members = await redis.client.zrange(
+            f"{settings.STREAM_LIMIT_KEY_PREFIX}:user:{member.pk}", 0, -1
+        )
+    process = store._lease_key().rsplit(":", 1)[1]
+    assert [m.decode().split("|")[0] for m in members] == [process]
+    for _ in range(3):  # renewed again and again, not once
+        # Pushed an hour out: only a renewal (a SET with the 1.5 s lease) brings it back under.
+        await _set_lease_ms_left(store, 3600 * 1000)
+        await eventually(lambda: _lease_ms_left_at_most(store, 1500), what="a lease renewal")
     await streams.close_all()
+
+
+async def _lease_ms_left_at_most(store, ms: int) -> bool:
+    return 0 < await _lease_ms_left(store) <= ms
 
 
 @pytest.mark.cluster
@@ -390,11 +419,11 @@ async def _connect_in_process(headers) -> tuple[int, dict, object]:
     if stream.status != 200:
         body = b""
         while True:
-            message = await communicator.receive_output(timeout=10)
+            message = await communicator.receive_output(timeout=RECEIVE_SECONDS)
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        await communicator.wait(timeout=20)
+        await communicator.wait(timeout=RECEIVE_SECONDS)
         return stream.status, {"body": body}, None
     return stream.status, {}, stream
 
@@ -453,7 +482,9 @@ async def test_it_holds_the_limit_across_real_servers(member, tmp_path, cluster_
             for log in logs
         ]
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
-        async with httpx.AsyncClient(cookies=cookies, timeout=20, limits=limits) as client:
+        async with httpx.AsyncClient(
+            cookies=cookies, timeout=RECEIVE_SECONDS, limits=limits
+        ) as client:
             responses = await asyncio.gather(
                 *(_open_real(client, urls[i % len(urls)]) for i in range(50))
             )

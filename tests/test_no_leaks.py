@@ -11,7 +11,6 @@ import httpx
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from executions import publish, services, storage
 from executions.capture import Batch
@@ -30,7 +29,7 @@ from tests.rbac_helpers import (
     open_stream,
 )
 from tests.server_helpers import serve
-from tests.streaming_helpers import write
+from tests.streaming_helpers import RECEIVE_SECONDS, Socket, write
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -94,7 +93,7 @@ async def test_it_streams_each_persona_exactly_what_it_may_see(world):
         # the live output still waiting in the stream's inbox; output only ever comes live,
         # in publish order, so everything written before the marker's line is in by then.
         await write(marker, ["marker\n"])
-        frames = await stream.until(_output_of(marker.id))
+        frames = await stream.until(_output_of(marker.id), timeout=RECEIVE_SECONDS)
         await stream.close()
         _check_seen(world, name, frames, markers)
 
@@ -121,16 +120,16 @@ async def test_a_grantee_gets_a_new_childs_output_that_overtook_its_creation(wor
     await write(stranger, ["not granted\n"])  # same tenant, not a child of E1
     await write(stranger, ["still not granted\n"])
     await write(child, ["granted through E1\n"])
-    frames = await stream.until(_output_of(child.id))
+    frames = await stream.until(_output_of(child.id), timeout=RECEIVE_SECONDS)
     await stream.close()
     assert [frame["data"]["data"] for frame in frames] == ["granted through E1\n"]
     assert reads == [{stranger.id}, {child.id}]  # the stranger's answer was remembered
 
 
-async def _socket(persona) -> WebsocketCommunicator:
+async def _socket(persona) -> Socket:
     headers = [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1"), *persona.api_headers]
-    socket = WebsocketCommunicator(asgi, "/ws/v1/stream", headers=headers)
-    connected, _ = await socket.connect(timeout=30)
+    socket = Socket(asgi, "/ws/v1/stream", headers=headers)
+    connected, _ = await socket.connect()
     assert connected
     return socket
 
@@ -139,7 +138,7 @@ async def _follow(socket, execution_id: str) -> str:
     """Subscribe to one execution's output: `done` when allowed, else the error status."""
     await socket.send_json_to({"action": "subscribe", "execution": execution_id})
     while True:
-        message = await socket.receive_json_from(timeout=30)
+        message = await socket.receive_json_from()
         if message["event"] == "error":
             return message["data"]["status"]
         if message["event"] == "done" and message["execution"] == execution_id:
@@ -155,7 +154,7 @@ async def test_it_carries_each_persona_exactly_what_it_may_see_over_websocket(wo
             assert await _follow(socket, world.ids[target]) == expected, (name, target)
         await socket.send_json_to({"action": "subscribe_events", "events": "*", "last_event_id": 0})
         # Subscribed means the live groups are joined: output from now on reaches the socket.
-        while (await socket.receive_json_from(timeout=30))["event"] != "subscribed":
+        while (await socket.receive_json_from())["event"] != "subscribed":
             pass
         await write(await db(_execution)(world, "E1"), [f"live for {name}\n"])
         await write(await db(_execution)(world, "X"), [f"theirs for {name}\n"])
@@ -165,7 +164,7 @@ async def test_it_carries_each_persona_exactly_what_it_may_see_over_websocket(wo
         await write(marker, ["marker\n"])
         frames = []
         while not frames or not _output_of(marker.id)(frames[-1]):
-            message = await socket.receive_json_from(timeout=20)
+            message = await socket.receive_json_from()
             if message.get("stream") == "events" and "data" in message:
                 frames.append(message)
         await socket.disconnect()
@@ -250,7 +249,7 @@ async def test_it_keeps_two_busy_tenants_apart_and_counts_lag_per_caller(
         "outsider": {pk for pk, tenant_id in tenant_of.items() if tenant_id != default},
     }
     for name, stream in streams.items():
-        frames = await stream.until(created_event_of(markers[name].id), timeout=60)
+        frames = await stream.until(created_event_of(markers[name].id), timeout=RECEIVE_SECONDS)
         await stream.close()
         delivered = Counter(f["data"]["execution_id"] for f in frames if f["event"] == OUTPUT)
         skipped = sum(f["data"]["skipped"] for f in frames if f["event"] == "lagged")
@@ -300,7 +299,7 @@ async def test_it_never_shows_a_secret_parameter(world):
     headers = [*superuser.api_headers, (b"last-event-id", b"0")]
     stream = await open_stream("/api/v1/stream", query="events=*", headers=headers)
     marker = await db(marker_child)(world, "E1")
-    frames = await stream.until(created_event_of(marker.id))
+    frames = await stream.until(created_event_of(marker.id), timeout=RECEIVE_SECONDS)
     await stream.close()
     events = [f for f in frames if f["event"] in LIFECYCLE]
     assert any(f["data"]["id"] == s for f in events)
@@ -318,7 +317,7 @@ async def test_it_never_logs_an_api_key(world, tmp_path):
 
     def traffic(url: str) -> list[int]:
         statuses = []
-        with httpx.Client(base_url=url, timeout=20) as client:
+        with httpx.Client(base_url=url, timeout=RECEIVE_SECONDS) as client:
             for key in (good, revoked, good + "x"):
                 for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
                     statuses.append(client.get("/api/v1/executions/", headers=headers).status_code)
@@ -362,7 +361,7 @@ async def test_it_streams_a_new_workflow_child_to_whoever_sees_the_workflow(worl
     message["tenant_id"] = default
     await layer.send(output_channel, message)
     marker = await db(marker_child)(world, "E1")
-    frames = await stream.until(created_event_of(marker.id))
+    frames = await stream.until(created_event_of(marker.id), timeout=RECEIVE_SECONDS)
     await stream.close()
     output = [f["data"]["data"] for f in frames if f["event"] == OUTPUT]
     assert output == ["first line of the child\n"]

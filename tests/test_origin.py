@@ -9,10 +9,10 @@ subdomains). Another port or scheme on an allowed host is another origin, so it 
 import pytest
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 from django.urls import path
 
 from rbac.middleware import TailgateAuthMiddleware
+from tests.streaming_helpers import Socket
 
 HOST = "127.0.0.1:8000"
 
@@ -31,11 +31,11 @@ async def _connect(origins: list[str], host: str = HOST, scheme: str = "ws", ext
     headers = [(b"host", host.encode())]
     headers += [(b"origin", origin.encode()) for origin in origins]
     headers += list(extra)
-    communicator = WebsocketCommunicator(application, "/ws/v1/stream", headers=headers)
+    communicator = Socket(application, "/ws/v1/stream", headers=headers)
     communicator.scope["scheme"] = scheme
-    connected, _ = await communicator.connect(timeout=20)
+    connected, _ = await communicator.connect()
     if connected:
-        assert await communicator.receive_json_from(timeout=20) == {"user": None}
+        assert await communicator.receive_json_from() == {"user": None}
     await communicator.disconnect()
     return connected
 
@@ -77,10 +77,10 @@ async def test_it_refuses_a_host_not_in_allowed_hosts_even_same_origin():
 
 
 async def test_it_refuses_a_missing_host():
-    communicator = WebsocketCommunicator(
+    communicator = Socket(
         application, "/ws/v1/stream", headers=[(b"origin", b"http://127.0.0.1:8000")]
     )
-    connected, _ = await communicator.connect(timeout=20)
+    connected, _ = await communicator.connect()
     assert not connected
 
 

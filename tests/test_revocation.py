@@ -91,6 +91,9 @@ class Case:
 @pytest.fixture(autouse=True)
 def _no_safety_recheck(settings):
     settings.STREAM_ACCESS_RECHECK_SECONDS = 3600
+    # With no re-check to fall back on, a doorbell skipped because a stalled loop overran the
+    # layer's send timeout would leave access in place: give the ring as long as the test.
+    settings.CHANNEL_LAYER_SEND_TIMEOUT_SECONDS = WAIT_SECONDS
 
 
 @pytest.fixture(params=KINDS)
@@ -119,7 +122,7 @@ async def test_it_ends_an_output_stream_when_access_goes(case):
     )
     assert stream.status == 200
     await write(case.r, ["before\n"])
-    assert (await stream.next_frame())["data"]["data"] == "before\n"
+    assert (await stream.next_frame(WAIT_SECONDS))["data"]["data"] == "before\n"
     await db(case.revoke)()
     frames = await stream.drain(WAIT_SECONDS)
     assert stream.ended, "the stream is still open after the revocation"
@@ -131,7 +134,7 @@ async def test_it_stops_the_event_stream_when_access_goes(case):
     assert stream.status == 200
     witness = await _witness(case)
     await write(case.r, ["before\n"])
-    assert (await stream.next_frame())["data"]["execution_id"] == case.r.id
+    assert (await stream.next_frame(WAIT_SECONDS))["data"]["execution_id"] == case.r.id
     await db(case.revoke)()
     if case.kind in ENDS_ALL:
         await stream.drain(WAIT_SECONDS)
@@ -140,7 +143,7 @@ async def test_it_stops_the_event_stream_when_access_goes(case):
     await _rechecked(witness)
     await write(case.r, ["probe after the re-check\n"])
     marker = await db(case.marker)()
-    frames = await stream.until(created_event_of(marker.id))
+    frames = await stream.until(created_event_of(marker.id), timeout=WAIT_SECONDS)
     await stream.close()
     leaked = [f for f in frames if f["event"] == "execution.output__create"]
     assert [f["data"]["execution_id"] for f in leaked] == []
@@ -149,12 +152,12 @@ async def test_it_stops_the_event_stream_when_access_goes(case):
 async def _socket(case: Case) -> WebsocketCommunicator:
     headers = [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1"), *case.headers]
     socket = WebsocketCommunicator(asgi, "/ws/v1/stream", headers=headers)
-    connected, _ = await socket.connect(timeout=30)
+    connected, _ = await socket.connect(timeout=WAIT_SECONDS)
     assert connected
     return socket
 
 
-async def _next(socket, event: str, timeout: float = 10) -> dict:
+async def _next(socket, event: str, timeout: float = WAIT_SECONDS) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         message = await socket.receive_json_from(timeout=max(0.01, deadline - time.monotonic()))
@@ -179,7 +182,7 @@ async def test_it_ends_a_websocket_subscription_when_access_goes(case):
     await socket.send_json_to({"action": "subscribe", "execution": case.r.id, "from": 1})
     again = await socket.receive_json_from(timeout=WAIT_SECONDS)
     assert (again["event"], again["data"]["status"]) == ("error", 404)
-    await socket.disconnect()
+    await socket.disconnect(timeout=WAIT_SECONDS)
 
 
 async def test_it_stops_websocket_events_when_access_goes(case):
@@ -193,7 +196,7 @@ async def test_it_stops_websocket_events_when_access_goes(case):
     if case.kind in ENDS_ALL:
         error = await _next(socket, "error", timeout=WAIT_SECONDS)
         assert error["data"]["status"] in (401, 404)
-        await socket.disconnect()
+        await socket.disconnect(timeout=WAIT_SECONDS)
         return
     await _rechecked(witness)
     await write(case.r, ["probe after the re-check\n"])
@@ -205,5 +208,5 @@ async def test_it_stops_websocket_events_when_access_goes(case):
             break
         if message["event"] == "execution.output__create":
             leaked.append(message["execution"])
-    await socket.disconnect()
+    await socket.disconnect(timeout=WAIT_SECONDS)
     assert leaked == []

@@ -299,7 +299,7 @@ async def test_it_ends_the_stream_of_a_deactivated_user(tenant, member, settings
     response = await connect(member, tenant=tenant)
     member.is_active = False
     await db(member.save)()
-    await response.body(timeout=5)
+    await response.body()
     assert response.ended
 
 
@@ -308,7 +308,7 @@ async def test_it_finds_events_whose_doorbell_was_lost(actions, tenant, member, 
     execution = await db(running_execution)(actions["examples.print_lines"], tenant)
     response = await connect(member, tenant=tenant)
     (row,) = await db(_silent_events)(execution, 1)  # in the log, never announced
-    frame = await response.next_sse(timeout=5)
+    frame = await response.next_sse()
     assert id_of(frame["id"]) == row.id
 
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 from django.test import Client
 from guardian.shortcuts import assign_perm, remove_perm
 from ulid import ULID
@@ -24,7 +23,16 @@ from executions.packs import register
 from executions.runner_service import RunnerService
 from streaming.family_ids import parse_cursor
 from streaming.routing import websocket_routes
-from tests.streaming_helpers import Response, db, parse_sse, ring, store, write
+from tests.streaming_helpers import (
+    RECEIVE_SECONDS,
+    Response,
+    Socket,
+    db,
+    parse_sse,
+    ring,
+    store,
+    write,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("home_loop")]
 
@@ -92,7 +100,7 @@ def sse_frame(raw: str) -> dict:
     return frame
 
 
-async def next_frame(response: Response, timeout: float = 10) -> dict:
+async def next_frame(response: Response, timeout: float = RECEIVE_SECONDS) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         while b"\n\n" in response.buffer:
@@ -104,7 +112,9 @@ async def next_frame(response: Response, timeout: float = 10) -> dict:
         await response.read_message(max(0.01, deadline - time.monotonic()))
 
 
-async def frames_until(response: Response, predicate, timeout: float = 20) -> list[dict]:
+async def frames_until(
+    response: Response, predicate, timeout: float = RECEIVE_SECONDS
+) -> list[dict]:
     frames = []
     while True:
         frames.append(await next_frame(response, timeout))
@@ -445,7 +455,7 @@ async def test_it_follows_a_nested_workflow_run_by_the_runner(release, member, t
     await service.control_db(lambda: claimed.action)
     run = asyncio.create_task(service.execute(claimed, asyncio.Event()))
     try:
-        frames = await frames_until(response, is_done, timeout=60)
+        frames = await frames_until(response, is_done)
         assert (await run).status == "succeeded"
     finally:
         await asyncio.get_running_loop().run_in_executor(None, service.close)
@@ -488,15 +498,15 @@ async def test_it_writes_the_family_as_text_with_task_paths(family, member):
 # --- WebSocket ----------------------------------------------------------------------------------
 
 
-async def socket_of(user) -> WebsocketCommunicator:
-    socket = WebsocketCommunicator(URLRouter(websocket_routes), "/ws/v1/stream")
+async def socket_of(user) -> Socket:
+    socket = Socket(URLRouter(websocket_routes), "/ws/v1/stream")
     socket.scope["user"] = user
     connected, _ = await socket.connect()
     assert connected
     return socket
 
 
-async def ws_until(socket, predicate, timeout: float = 20) -> list[dict]:
+async def ws_until(socket, predicate, timeout: float = RECEIVE_SECONDS) -> list[dict]:
     messages = []
     while True:
         messages.append(await socket.receive_json_from(timeout=timeout))
@@ -524,7 +534,7 @@ async def test_it_streams_and_resumes_the_family_over_websocket(family, member):
     resumed = (await ws_until(socket, is_done))[1:]
     assert [m.get("id") for m in resumed] == [m.get("id") for m in events[cut + 1 :]]
     await socket.send_json_to({**subscribe, "from": 0})
-    error = await socket.receive_json_from(timeout=10)
+    error = await socket.receive_json_from()
     assert error["event"] == "error" and error["data"]["status"] == 422
     await socket.disconnect()
 
@@ -574,10 +584,10 @@ async def test_it_filters_the_global_stream_by_ancestor(family, member, actions,
 async def test_it_filters_subscribe_events_by_ancestor(family, member, actions, tenant):
     socket = await socket_of(member)
     await socket.send_json_to({"action": "subscribe_events", "ancestor": family.build.id})
-    assert (await socket.receive_json_from(timeout=10))["event"] == "subscribed"
+    assert (await socket.receive_json_from())["event"] == "subscribed"
     await db(services.finish)(family.test.id, "succeeded", exit_code=0)
     await db(services.finish)(family.compile.id, "failed", exit_code=1)
-    message = await socket.receive_json_from(timeout=10)
+    message = await socket.receive_json_from()
     assert (message["event"], message["data"]["id"]) == ("execution__update", family.compile.id)
     await socket.send_json_to({"action": "subscribe_events", "ancestor": "nope"})
     await socket.send_json_to({"action": "unsubscribe_events"})

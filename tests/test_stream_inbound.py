@@ -3,11 +3,12 @@
 import asyncio
 
 from project.server import Inbound
+from tests.streaming_helpers import RECEIVE_SECONDS
 
 
 async def waiting(inbound: Inbound, receives: int) -> None:
     """Until `receives` receives wait in it (a condition, with a failure bound)."""
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(RECEIVE_SECONDS):
         while len(inbound._getters or ()) < receives:
             await asyncio.sleep(0)
 
@@ -18,8 +19,8 @@ async def test_it_hands_messages_over_in_order_to_a_waiting_and_a_later_receive(
     await waiting(inbound, 1)  # it waits before anything comes
     inbound.put_nowait({"type": "http.request"})
     inbound.put_nowait({"type": "http.disconnect"})
-    assert await asyncio.wait_for(receive, 10) == {"type": "http.request"}
-    assert await asyncio.wait_for(inbound.get(), 10) == {"type": "http.disconnect"}
+    assert await asyncio.wait_for(receive, RECEIVE_SECONDS) == {"type": "http.request"}
+    assert await asyncio.wait_for(inbound.get(), RECEIVE_SECONDS) == {"type": "http.disconnect"}
 
 
 async def test_a_cancelled_receive_loses_no_message():
@@ -30,7 +31,7 @@ async def test_a_cancelled_receive_loses_no_message():
     cancelled.cancel()
     await asyncio.gather(cancelled, return_exceptions=True)
     inbound.put_nowait("only")
-    assert await asyncio.wait_for(other, 10) == "only"
+    assert await asyncio.wait_for(other, RECEIVE_SECONDS) == "only"
     assert cancelled.cancelled()
 
 
@@ -40,4 +41,4 @@ async def test_two_receives_each_get_one_message():
     await waiting(inbound, 2)
     inbound.put_nowait(1)
     inbound.put_nowait(2)
-    assert sorted(await asyncio.wait_for(asyncio.gather(first, second), 10)) == [1, 2]
+    assert sorted(await asyncio.wait_for(asyncio.gather(first, second), RECEIVE_SECONDS)) == [1, 2]

@@ -28,7 +28,7 @@ async def test_it_returns_a_finished_execution_at_once(actions, tenant, member):
     assert response.status == 200
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
     assert response.headers["x-execution-id"] == finished.id
-    body = (await response.body(timeout=5)).decode()
+    body = (await response.body()).decode()
     stored = await db(
         lambda: "".join(
             OutputChunk.objects.filter(execution_id=finished.id)

@@ -21,8 +21,9 @@ from tests.server_helpers import serve, session_cookie, stop, websocket_client
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-# Reads block at most this long: a stream that stalls fails the test instead of hanging it.
-READ_TIMEOUT = 20
+# Reads block at most this long: a stream that stalls fails the test instead of hanging it
+# (a failure bound only: a busy machine can starve a server for seconds).
+READ_TIMEOUT = 60
 # How often the runner inside a server looks for work: short, so tests do not wait on it.
 FAST = {"RUNNER_POLL_SECONDS": "0.2"}
 
@@ -72,19 +73,29 @@ def embedded(cluster_mode):
         pytest.skip("embedded mode: the test database is SQLite and the layer in memory")
 
 
-def test_it_streams_sse_and_plain_text_from_an_embedded_server(embedded, actions, tenant, member):
+def test_it_streams_sse_and_plain_text_from_an_embedded_server(
+    embedded, actions, tenant, member, tmp_path
+):
     cookies = session_cookie(member)
+    gate = tmp_path / "gate"
+    # The first line, then the rest once the client has it: "in pieces, as produced" must not
+    # depend on the client reading before a fast execution ends (a stalled test did not).
+    cmd = f'echo "line 1"; while [ ! -e "{gate}" ]; do sleep 0.05; done; '
+    cmd += 'for i in $(seq 2 30); do echo "line $i"; done'
     with serve(**FAST) as (_, url):
-        execution = created(actions, tenant, count=30, delay=0.02)
+        execution = services.create_execution(actions["core.local"], {"cmd": cmd}, tenant=tenant)
         base = f"{url}/api/v1/executions/{execution.id}/output"
         with (
             httpx.Client(cookies=cookies, timeout=READ_TIMEOUT) as client,
             client.stream("GET", base) as text,
         ):
             assert text.headers["content-type"] == "text/plain; charset=utf-8"
-            pieces = list(text.iter_bytes())
+            received = text.iter_bytes()
+            pieces = [next(received)]  # the first line, while the execution waits
+            gate.touch()
+            pieces += list(received)
         events = read_sse(f"{base}/stream?from=0", cookies)
-    assert len(pieces) > 1  # the text came in pieces, as it was produced
+    assert pieces[0] == b"line 1\n"  # the text came in pieces, as it was produced
     body = b"".join(pieces).decode()
     assert body.count("\n") == 30
     assert chunk_seqs(events) == list(range(1, 31))
@@ -167,7 +178,7 @@ def test_it_resumes_on_another_web_process_without_gap_or_duplicate(actions, ten
                     # A stops reading its layer while the runner writes on: drops guaranteed.
                     web_a.send_signal(signal.SIGSTOP)
                     try:
-                        wait_until(lambda: _last_seq(execution.id) >= 150, 20, "more output")
+                        wait_until(lambda: _last_seq(execution.id) >= 150, 120, "more output")
                     finally:
                         web_a.send_signal(signal.SIGCONT)
                 return event.id == "200"

@@ -2,7 +2,6 @@
 
 import pytest
 from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 
 from executions import publish
@@ -11,6 +10,8 @@ from streaming.event_ids import decode as id_of
 from streaming.event_ids import encode as token
 from streaming.routing import websocket_routes
 from tests.streaming_helpers import (
+    RECEIVE_SECONDS,
+    Socket,
     db,
     eventually,
     finish,
@@ -23,15 +24,15 @@ from tests.streaming_helpers import (
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("home_loop")]
 
 
-async def connect(user) -> WebsocketCommunicator:
-    socket = WebsocketCommunicator(URLRouter(websocket_routes), "/ws/v1/stream")
+async def connect(user) -> Socket:
+    socket = Socket(URLRouter(websocket_routes), "/ws/v1/stream")
     socket.scope["user"] = user
     connected, _ = await socket.connect()
     assert connected
     return socket
 
 
-async def until(socket, predicate, timeout: float = 10) -> list[dict]:
+async def until(socket, predicate, timeout: float = RECEIVE_SECONDS) -> list[dict]:
     """Messages up to and including the first one matching `predicate`."""
     messages = []
     while True:
@@ -139,6 +140,9 @@ async def test_it_stops_an_execution_on_unsubscribe(two, member):
     assert await followers(publish.execution_group(first.id)) == 0
     await write(first, ["not wanted\n"])
     await socket.send_json_to({"action": "subscribe", "execution": second.id})
+    # Live from where it starts: written before the subscription took its place, the line
+    # would (rightly) never come.
+    assert (await socket.receive_json_from())["event"] == "subscribed"
     await write(second, ["wanted\n"])
     messages = await until(socket, lambda m: m["event"] == "execution.output__create")
     assert messages[-1]["execution"] == second.id
@@ -187,7 +191,7 @@ async def test_it_follows_last(two, member):
 
 
 async def test_it_refuses_anonymous_callers_with_a_reason(db):
-    socket = WebsocketCommunicator(URLRouter(websocket_routes), "/ws/v1/stream")
+    socket = Socket(URLRouter(websocket_routes), "/ws/v1/stream")
     socket.scope["user"] = AnonymousUser()
     connected, _ = await socket.connect()
     assert connected
