@@ -16,6 +16,10 @@ from executions.models import Action, Execution
 from executions.runner_service import RunnerService
 
 BASE_DIR = Path(settings.BASE_DIR)
+# A run timeout under test must fall after the action got going (printed its first line), which
+# a starved CPU can delay past any fixed timeout: a run whose timeout came first proves nothing
+# and runs again with a longer one. Only a product that never gets going exhausts them.
+RUN_TIMEOUTS = (5, 20, 80)
 
 
 def database_url() -> str:

@@ -39,8 +39,8 @@ TEST_USER = "tailgate-ssh"
 APT_LOCK_WAIT_SECONDS = 600
 # How long one `apt-get` may take on a slow mirror before the suite gives up on it.
 APT_RUN_SECONDS = 900
-# A busy machine (two cores, many test runs) can take this long to start sshd.
-SSHD_READY_SECONDS = 30
+# A busy machine (two cores, many test runs) can take this long to start sshd: a failure bound.
+SSHD_READY_SECONDS = 120
 # A port picked free can be taken by someone else before sshd binds it: try this often.
 PORT_ATTEMPTS = 5
 # Between SIGTERM and SIGKILL when the servers are stopped.

@@ -22,6 +22,10 @@ from executions.capture import (
 )
 from executions.models.actions import MASK
 
+# Waiting for the sink's own tasks: a failure bound only (never a measure of how soon), long
+# enough for an event loop a starved CPU stalls for seconds.
+WAIT_SECONDS = 60
+
 
 def _feed_in_pieces(text: str, secrets: list[str], cuts: list[int]) -> str:
     masker = SecretMasker(secrets)
@@ -155,7 +159,7 @@ async def test_it_batches_with_gapless_seq_in_read_order():
     await sink.feed("stderr", b"oops\n")
     await sink.feed("stdout", b"three")
     sink.close_streams()
-    await asyncio.wait_for(writer, 5)
+    await asyncio.wait_for(writer, WAIT_SECONDS)
     rows = [row for batch in batches for row in batch.rows]
     assert [(seq, kind, data) for seq, kind, data, _ in rows] == [
         (1, "stdout", "one\n"),
@@ -176,7 +180,7 @@ async def test_it_caps_the_batch_size():
     writer = asyncio.create_task(sink.run())
     await sink.feed("stdout", b"x\n" * (BATCH_MAX_LINES * 2 + 10))
     sink.close_streams()
-    await asyncio.wait_for(writer, 5)
+    await asyncio.wait_for(writer, WAIT_SECONDS)
     assert sum(batches) == BATCH_MAX_LINES * 2 + 10
     assert max(batches) == BATCH_MAX_LINES
 
@@ -190,10 +194,10 @@ async def test_it_flushes_a_prompt_without_a_newline_while_the_stream_is_open():
     sink = OutputSink("01TEST", write, max_chunk_bytes=1024)
     writer = asyncio.create_task(sink.run())
     await sink.feed("stdout", b"Continue? [y/N] ")
-    batch = await asyncio.wait_for(written.get(), 2)
+    batch = await asyncio.wait_for(written.get(), WAIT_SECONDS)
     assert [row[2] for row in batch.rows] == ["Continue? [y/N] "]
     sink.close_streams()
-    await asyncio.wait_for(writer, 5)
+    await asyncio.wait_for(writer, WAIT_SECONDS)
 
 
 def test_it_flushes_a_partial_line_redrawn_faster_than_the_silence_at_its_max_age():
@@ -223,9 +227,9 @@ async def test_it_does_not_flush_a_partial_line_while_the_writer_holds_the_reade
     await asyncio.sleep(PARTIAL_FLUSH_SECONDS * 3)  # a stall far longer than the silence
     assert not feeding.done()
     release.set()
-    await asyncio.wait_for(feeding, 5)
+    await asyncio.wait_for(feeding, WAIT_SECONDS)
     sink.close_streams()
-    await asyncio.wait_for(writer, 5)
+    await asyncio.wait_for(writer, WAIT_SECONDS)
     data = [row[2] for batch in batches for row in batch.rows]
     assert data[-1] == "half a line\n"
     assert all(d.endswith("\n") for d in data)
@@ -257,7 +261,7 @@ async def test_it_keeps_a_batch_that_failed_to_commit_and_writes_it_again():
     await sink.feed("stdout", b"one\ntwo\n")
     await sink.feed("stderr", b"three\n")
     sink.close_streams()
-    await asyncio.wait_for(writer, 30)
+    await asyncio.wait_for(writer, WAIT_SECONDS)
     assert [data for _, _, data in write.stored] == ["one\n", "two\n", "three\n"]
     assert [seq for seq, _, _ in write.stored] == [1, 2, 3]
     assert write.calls > 3 and write.attempts_seen[:4] == [0, 1, 2, 3]
@@ -273,9 +277,9 @@ async def test_it_holds_the_readers_while_a_failing_write_is_retried():
     await wait_for_condition(lambda: write.calls >= 3)
     assert not blocked.done() and not sink.has_room  # the action would block on its pipe
     write.failures = 0  # the database is back
-    await asyncio.wait_for(blocked, 30)
+    await asyncio.wait_for(blocked, WAIT_SECONDS)
     sink.close_streams()
-    await asyncio.wait_for(writer, 30)
+    await asyncio.wait_for(writer, WAIT_SECONDS)
     assert [seq for seq, _, _ in write.stored] == list(range(1, PENDING_HIGH_WATER_LINES + 2))
     assert write.stored[-1][2] == "more\n"
 
@@ -286,9 +290,9 @@ async def test_it_gives_up_after_the_outage_limit_and_says_why():
     writer = asyncio.create_task(sink.run())
     await sink.feed("stdout", b"lost\n")
     with pytest.raises(OutputLost, match="unavailable for more than 0 s"):
-        await asyncio.wait_for(writer, 30)
+        await asyncio.wait_for(writer, WAIT_SECONDS)
     assert "output after seq 0 could not be stored" in sink.failure
-    await asyncio.wait_for(sink.feed("stdout", b"x\n" * 100_000), 5)  # never blocks now
+    await asyncio.wait_for(sink.feed("stdout", b"x\n" * 100_000), WAIT_SECONDS)  # never blocks
     assert write.stored == []
 
 
@@ -303,11 +307,11 @@ async def test_it_gives_up_at_once_on_an_error_retrying_cannot_fix():
     writer = asyncio.create_task(sink.run())
     await sink.feed("stdout", b"x\n")
     with pytest.raises(OutputLost, match="bad data"):
-        await asyncio.wait_for(writer, 30)
+        await asyncio.wait_for(writer, WAIT_SECONDS)
     assert write.calls == 1
 
 
-async def wait_for_condition(predicate, timeout: float = 30):
+async def wait_for_condition(predicate, timeout: float = WAIT_SECONDS):
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)

@@ -11,7 +11,13 @@ from asgiref.sync import sync_to_async
 
 from executions.models import ExecutionStatus
 from executions.models.actions import MASK
-from tests.runner_helpers import REMOTE_HELLO_YAML, output_of, register_pack, run_execution
+from tests.runner_helpers import (
+    REMOTE_HELLO_YAML,
+    RUN_TIMEOUTS,
+    output_of,
+    register_pack,
+    run_execution,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 S = ExecutionStatus
@@ -141,13 +147,14 @@ async def test_it_masks_a_secret_in_remote_output(actions, ssh_target):
 
 
 async def test_it_times_out_a_remote_command(actions, ssh_target):
-    params = target_params(
-        ssh_target,
-        cmd="echo started; sleep 30",
-        timeout=5,  # the SSH handshake first: 1 s could pass before `started` on a busy CPU
-    )
-    done = await run_execution(actions["core.remote"], params)
-    assert done.status == S.TIMEOUT
+    # The SSH handshake comes first, and a starved CPU can stretch it past any fixed timeout:
+    # a run timed out before `started` proves nothing and runs again, for longer.
+    for timeout in RUN_TIMEOUTS:
+        params = target_params(ssh_target, cmd="echo started; sleep 300", timeout=timeout)
+        done = await run_execution(actions["core.remote"], params)
+        assert done.status == S.TIMEOUT
+        if await sync_to_async(output_of)(done.id):
+            break
     assert text_of(await sync_to_async(output_of)(done.id)) == "started\n"
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from executions import services
+from executions import capture, services
 from executions.capture import NUL_SUBSTITUTE, OutputSink
 from executions.models import Execution, ExecutionStatus
 from executions.models.actions import MASK
@@ -21,6 +21,7 @@ from executions.runner_service import RunnerService
 from executions.runners.processes import KEEPER, become_subreaper
 from tests.fault_helpers import kill_all, process_tree_pids
 from tests.runner_helpers import (
+    RUN_TIMEOUTS,
     finished_row,
     output_of,
     pid_alive,
@@ -52,6 +53,34 @@ async def output(execution_id, output_type=None):
     return await sync_to_async(output_of)(execution_id, output_type)
 
 
+# Waiting on a run's processes: a failure bound only, for a starved CPU.
+WAIT_SECONDS = 120
+
+
+async def run_in_steps(local, tmp_path, steps: list[str]) -> Execution:
+    """Run `steps` (shell commands that print one chunk each) as one command in which each step
+    waits for the previous one's chunk to be stored: what the steps print is read apart, as a
+    pause between them means, however long a busy machine stalls the runner."""
+    gates = [tmp_path / f"stored-{k}" for k in range(1, len(steps))]
+    waits = [f"while [ ! -e {gate} ]; do sleep 0.05; done" for gate in gates]
+    cmd = "; ".join(part for pair in zip(steps, [*waits, ""], strict=True) for part in pair if part)
+    execution = await sync_to_async(services.create_execution)(local, {"cmd": cmd})
+    service = RunnerService(concurrency=1)
+    claimed = await service.control_db(services.claim, execution.id, service.runner_id)
+    await service.control_db(lambda: claimed.action)
+    run = asyncio.create_task(service.execute(claimed, asyncio.Event()))
+    try:
+        for stored, gate in enumerate(gates, 1):
+            chunks = lambda n=stored: len(output_of(execution.id)) >= n  # noqa: E731
+            await eventually(sync_to_async(chunks), WAIT_SECONDS, f"chunk {stored}")
+            gate.touch()
+        return await asyncio.wait_for(run, WAIT_SECONDS)
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, service.close)
+
+
 def text_of(chunks):
     return "".join(data for _, _, data in chunks)
 
@@ -69,10 +98,15 @@ async def test_it_fails_on_a_non_zero_exit(actions):
     assert (await output(done.id))[-1] == (2, "stderr", "error: prerequisite missing\n")
 
 
-async def test_it_keeps_the_order_of_interleaved_stdout_and_stderr(actions):
+async def test_it_keeps_the_order_of_interleaved_stdout_and_stderr(local, tmp_path):
     # Two pipes keep their relative order only for lines further apart than the runner takes
-    # to read one: 0.05 s was not, on a starved CPU (both pipes ready, read in either order).
-    done = await run_execution(actions["examples.print_lines"], {"count": 8, "delay": 0.4})
+    # to read one: no delay is, on a starved CPU (both pipes ready, read in either order), so
+    # each line waits until the one before it is stored.
+    steps = [
+        f"echo '{kind} -> Line: {n}'" + (" >&2" if kind == "stderr" else "")
+        for n, kind in enumerate(["stderr", "stdout"] * 4, 1)
+    ]
+    done = await run_in_steps(local, tmp_path, steps)
     assert done.status == S.SUCCEEDED
     chunks = await output(done.id)
     assert [seq for seq, _, _ in chunks] == list(range(1, 9))
@@ -139,14 +173,19 @@ async def test_it_replaces_invalid_utf8(local):
     assert text_of(await output(done.id)) == "a\ufffd\ufffdb\n€ ok\n"
 
 
-async def test_it_streams_carriage_return_progress_as_it_is_drawn(local):
-    cmd = "printf 'p 10%%\\r'; sleep 0.4; printf 'p 50%%\\r'; sleep 0.4; printf 'p 100%%\\n'"
-    done = await run_cmd(local, cmd)
+async def test_it_streams_carriage_return_progress_as_it_is_drawn(local, tmp_path):
+    # Each redraw waits until the one before is stored: flushed by its silence, not the end.
+    steps = ["printf 'p 10%%\\r'", "printf 'p 50%%\\r'", "printf 'p 100%%\\n'"]
+    done = await run_in_steps(local, tmp_path, steps)
     chunks = await output(done.id)
     assert [data for _, _, data in chunks] == ["p 10%\r", "p 50%\r", "p 100%\n"]
 
 
-async def test_it_cuts_a_five_megabyte_line_into_bounded_chunks(local, settings):
+async def test_it_cuts_a_five_megabyte_line_into_bounded_chunks(local, settings, monkeypatch):
+    # A partial line is flushed after a silence or at an age (by design), which a starved CPU
+    # reaches while 5 MB go through the pipe: only the size cut is under test here.
+    monkeypatch.setattr(capture, "PARTIAL_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(capture, "PARTIAL_MAX_AGE_SECONDS", 3600.0)
     done = await run_cmd(local, "head -c 5000000 /dev/zero | tr '\\0' x; echo")
     chunks = await output(done.id)
     assert text_of(chunks) == "x" * 5_000_000 + "\n"
@@ -166,11 +205,12 @@ async def test_it_does_not_hang_on_a_background_child_holding_the_pipe(local):
 
 async def test_it_times_out_and_kills_the_whole_process_tree(local):
     cmd = "sleep 300 & echo child=$!; (sleep 300 & echo grandchild=$!; wait) & sleep 300"
-    # Long enough for both echoes on a starved CPU (the keeper's Python starts first; 1 s
-    # timed out before the tree was there on a loaded machine).
-    done = await run_cmd(local, cmd, timeout=5)
-    assert done.status == S.TIMEOUT
-    pids = [int(p) for p in re.findall(r"child=(\d+)", text_of(await output(done.id)))]
+    for timeout in RUN_TIMEOUTS:
+        done = await run_cmd(local, cmd, timeout=timeout)
+        assert done.status == S.TIMEOUT
+        pids = [int(p) for p in re.findall(r"child=(\d+)", text_of(await output(done.id)))]
+        if len(pids) == 2:  # the whole tree was there when the timeout came
+            break
     assert len(pids) == 2
     assert not any(pid_alive(p) for p in pids)
 
@@ -360,12 +400,12 @@ def test_it_kills_an_actions_background_children_when_its_runner_is_killed(tmp_p
     ready = tmp_path / "ready"
     fake = subprocess.Popen([sys.executable, "-c", FAKE_RUNNER, str(KEEPER), marker, str(ready)])
     try:
-        wait_until(ready.exists, 60, "the action to start")
+        wait_until(ready.exists, WAIT_SECONDS, "the action to start")
         members = process_tree_pids(marker)
         assert len(members) >= 4  # keeper, sh, two sleeps
         fake.kill()  # SIGKILL: the runner gets no chance to clean up
-        fake.wait(30)
-        wait_until(lambda: not process_tree_pids(marker), 30, "the action's group to die")
+        fake.wait(WAIT_SECONDS)
+        wait_until(lambda: not process_tree_pids(marker), WAIT_SECONDS, "the action's group to die")
     finally:
         fake.kill()
         kill_all(process_tree_pids(marker))
