@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import socket
+import uuid
 from urllib.parse import urlparse
 
 import pytest
@@ -252,6 +253,8 @@ def owner_client(owner):
 
 @pytest.fixture(autouse=True)
 def _own_stream_limit_keys(settings):
-    """Stream-limit slots under this test process's own Redis keys: test runs side by side
-    on one Redis would otherwise take each other's slots."""
-    settings.STREAM_LIMIT_KEY_PREFIX = f"tailgate:streams:test-{os.getpid()}"
+    """Stream-limit slots under this test's own Redis keys, in this process and in the servers
+    it starts (`tests/server_helpers.py`): test runs side by side on one Redis took each
+    other's slots (users of both runs have the same primary keys), and a server killed with
+    streams open leaves its slots to the next test until their lease lapses."""
+    settings.STREAM_LIMIT_KEY_PREFIX = f"tailgate:streams:test-{os.getpid()}-{uuid.uuid4().hex}"

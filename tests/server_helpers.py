@@ -87,6 +87,12 @@ class Server:
                 self.log_path = ARTIFACTS / f"serve-{self.port}.log"
         self._start()
 
+    @staticmethod
+    def _limit_keys() -> str:
+        """The servers of a test share stream-limit keys of that test's own (tests/conftest.py),
+        apart from its in-process streams': not another run's, nor an earlier test's."""
+        return f"{settings.STREAM_LIMIT_KEY_PREFIX}:serve"
+
     def _log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
@@ -97,7 +103,7 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", "serve", "--port", str(self.port), *self.args],
                 cwd=BASE_DIR,
-                env=subprocess_env(**self.env),
+                env=subprocess_env(**{"STREAM_LIMIT_KEY_PREFIX": self._limit_keys(), **self.env}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

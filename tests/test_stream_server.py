@@ -212,7 +212,7 @@ def test_it_leaves_the_layer_when_the_client_goes(actions, tenant, member):
         read_sse(f"{url}/api/v1/executions/{execution.id}/output/stream", cookies, until=opened)
         # read_sse has closed the connection
         # At once in practice; the bound is generous for a busy machine (not a timing test).
-        wait_until(lambda: layer.zcard(group_key) == 0, 30, "the stream to leave its group")
+        wait_until(lambda: layer.zcard(group_key) == 0, 120, "the stream to leave its group")
     layer.close()
     assert members_while_open == [1]
 
