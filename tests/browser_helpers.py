@@ -42,8 +42,11 @@ CHROMIUM_ARGS = [
 # Row elements a virtualised output pane may hold (output.js loads up to 100,000 lines, and
 # builds the blocks of 100 rows within a viewport of the view: about 160 at 900 px).
 DOM_ROWS_BOUND = 1_000
-# Every wait in a page gives up after this long (ms): a stuck stream fails, never hangs.
-PAGE_TIMEOUT_MS = 30_000
+# Every wait in a page gives up after this long (ms): a stuck stream fails, never hangs. A
+# failure bound only: on the loaded CI machine a page waits on a starved server and browser.
+PAGE_TIMEOUT_MS = 60_000
+# A run of a few seconds ends within this, waited on from the test (a failure bound only).
+RUN_SECONDS = 120
 # Streams in the server re-read the log this often when no doorbell reaches them (a runner in
 # another process, embedded mode): short, so tests do not wait on it.
 FAST = {"RUNNER_POLL_SECONDS": "0.2", "STREAM_ACCESS_RECHECK_SECONDS": "0.3"}
@@ -99,6 +102,7 @@ def api_run(page, server: Server, action: str, parameters: dict) -> dict:
         f"{server.url}/api/v1/executions/",
         data=json.dumps({"action": action, "parameters": parameters}),
         headers={"Content-Type": "application/json", "X-CSRFToken": csrf, "Referer": server.url},
+        timeout=PAGE_TIMEOUT_MS,  # the context's default timeout does not reach its requests
     )
     assert response.status == 201, response.text()
     return response.json()
@@ -246,10 +250,17 @@ def browser(chromium):
         browser.close()
 
 
+def new_context(browser, **options):
+    """A browser context whose every wait gives up after PAGE_TIMEOUT_MS (Playwright's own
+    default, 30 s, is a bound a starved machine can reach)."""
+    context = browser.new_context(**{"viewport": {"width": 1280, "height": 900}, **options})
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    return context
+
+
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    context = new_context(browser)
     page = context.new_page()
     # A failing test shows the page's script errors beside its own.
     page.on("pageerror", lambda error: print(f"page error: {error}"))

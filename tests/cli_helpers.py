@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tests.runner_helpers import BASE_DIR, wait_until
 
-# A command that finishes in a moment on an idle machine; generous on a busy one.
-COMMAND_SECONDS = 60
+# A command that finishes in a moment on an idle machine; generous on a busy one (a failure
+# bound only: a CLI that reconnects across a server restart waits out the server's start).
+COMMAND_SECONDS = 120
 FINISH_SECONDS = 120
 
 
@@ -191,6 +192,22 @@ def write_nested_pack(root: Path) -> Path:
     for name, text in files.items():
         (actions / name).write_text(textwrap.dedent(text).lstrip())
     return root
+
+
+def held_print_lines(count: int, gate: Path, held_after: int, delay: float = 0) -> str:
+    """A `core.local` command printing examples.print_lines' lines ("stderr -> Line: 1",
+    "stdout -> Line: 2", …) that, after line `held_after`, waits until the file `gate` exists.
+
+    The test decides when the rest comes, so "still running", "printed while the server was
+    down" and the like hold on a machine that stalls the test for any time, not on a delay.
+    """
+    return (
+        f"i=1; while [ $i -le {count} ]; do "
+        f'if [ $i -eq {held_after + 1} ]; then while [ ! -e "{gate}" ]; do sleep 0.05; done; fi; '
+        'if [ $((i % 2)) -eq 1 ]; then echo "stderr -> Line: $i" >&2; '
+        'else echo "stdout -> Line: $i"; fi; '
+        f"i=$((i + 1)); sleep {delay}; done"
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from tests.browser_helpers import (
     FAST,
     PROBE_JS,
     RESULTS_JS,
+    RUN_SECONDS,
     api_run,
     browser_personas,
     log_in,
@@ -29,8 +30,9 @@ from tests.browser_helpers import (
     stored_lines,
     wait_settled,
 )
+from tests.cli_helpers import held_print_lines
 from tests.runner_helpers import start_actionrunner, wait_until
-from tests.server_helpers import running_server
+from tests.server_helpers import running_server, stop
 
 pytest_plugins = ["tests.browser_helpers"]
 pytestmark = BROWSER_TEST
@@ -38,13 +40,20 @@ tenant, owner = browser_personas()
 
 SECRET = "hunter2-correct-horse"
 FLOOD_LINES = 30_000
+# The flood holds after this line until the test has scrolled up (the file GATE exists), so
+# lines surely pour in while the reader reads, however long the test was held up.
+FLOOD_HELD_AFTER = 15_000
 FLOOD_CMD = f"""python3 -u -c '
-import sys, time
+import os, sys, time
 start = time.monotonic()
 for i in range(1, {FLOOD_LINES + 1}):
     sys.stdout.write("flood line %d %s\\n" % (i, "x" * 40))
     if i % 100 == 0:
         sys.stdout.flush()
+        if i == {FLOOD_HELD_AFTER}:
+            while not os.path.exists("GATE"):
+                time.sleep(0.05)
+            start = time.monotonic() - i / 5000
         ahead = start + i / 5000 - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)
@@ -76,9 +85,12 @@ def _last_seq(execution_id: str) -> int:
 # --- the execution page -------------------------------------------------------------------
 
 
-def test_it_shows_the_first_line_before_the_execution_ends(server, page, actions, owner):
+def test_it_shows_the_first_line_before_the_execution_ends(server, page, actions, owner, tmp_path):
     log_in(page, server, "owner")
-    created = api_run(page, server, "examples.print_lines", {"count": 12, "delay": 0.4})
+    # Held after its first line until the test has seen it: surely running then.
+    gate = tmp_path / "gate"
+    cmd = held_print_lines(12, gate, held_after=1, delay=0.05)
+    created = api_run(page, server, "core.local", {"cmd": cmd})
     page.goto(f"{server.url}/executions/{created['id']}/")
     first = page.locator("#main-pane .line[data-seq='1']")
     first.wait_for()
@@ -87,6 +99,7 @@ def test_it_shows_the_first_line_before_the_execution_ends(server, page, actions
     assert "stderr" in first.get_attribute("class")
     page.locator("#status", has_text="running").wait_for()
     screenshot(page, "execution-page-running")
+    gate.touch()
     wait_settled(page)
     page.locator("#status", has_text="succeeded").wait_for()
     assert page.locator("[data-field='exit_code']").text_content() == "0"
@@ -120,14 +133,18 @@ def test_it_renders_ansi_colours_and_filters_stdout_and_stderr(server, page, act
     screenshot(page, "execution-page-ansi")
 
 
-def test_it_resumes_after_a_server_restart_without_a_missing_or_repeated_line(page, actions, owner):
+def test_it_resumes_after_a_server_restart_without_a_missing_or_repeated_line(
+    page, actions, owner, tmp_path
+):
     """The web server dies mid-stream and comes back on the same port; a separate runner
     keeps writing meanwhile. The page shows "reconnecting", then continues exactly."""
+    gate = tmp_path / "gate"  # the run holds after line 20 until the web server is down
     runner = start_actionrunner(RUNNER_POLL_SECONDS="0.2")
     try:
         with running_server("--no-runner", **FAST) as server:
             log_in(page, server, "owner")
-            created = api_run(page, server, "examples.print_lines", {"count": 150, "delay": 0.04})
+            cmd = held_print_lines(150, gate, held_after=20, delay=0.04)
+            created = api_run(page, server, "core.local", {"cmd": cmd})
             page.goto(f"{server.url}/executions/{created['id']}/")
             page.locator("#main-pane .line[data-seq='15']").wait_for()
             server.kill()
@@ -136,9 +153,11 @@ def test_it_resumes_after_a_server_restart_without_a_missing_or_repeated_line(pa
             ).wait_for()
             assert page.locator("#main-pane .conn").text_content() == "reconnecting…"
             shown_before = len(shown_lines(page))
+            assert shown_before <= 20
+            gate.touch()
             wait_until(
                 lambda: _last_seq(created["id"]) >= shown_before + 30,
-                20,
+                RUN_SECONDS,
                 "output during the outage",
             )
             server.start()
@@ -146,8 +165,7 @@ def test_it_resumes_after_a_server_restart_without_a_missing_or_repeated_line(pa
             assert shown_lines(page) == stored_lines(created["id"])
             assert [row[0] for row in shown_lines(page)] == list(range(1, 151))
     finally:
-        runner.terminate()
-        runner.wait(timeout=15)
+        stop(runner)  # SIGTERM, SIGKILL should a starved runner outlast the bound
 
 
 def test_it_gives_an_outsider_the_404_page(server, page, actions, tenant, outsider):
@@ -157,7 +175,7 @@ def test_it_gives_an_outsider_the_404_page(server, page, actions, tenant, outsid
     assert response.status == 404
     assert page.get_by_role("heading", name="Not found").is_visible()
     assert "examples.fail" not in page.content()
-    wait_until(lambda: _finished(execution.id), 20, "the execution to end")
+    wait_until(lambda: _finished(execution.id), RUN_SECONDS, "the execution to end")
 
 
 def test_it_validates_the_run_form_then_opens_the_live_page(server, page, actions, owner):
@@ -182,7 +200,8 @@ def test_it_validates_the_run_form_then_opens_the_live_page(server, page, action
 
 def test_it_cancels_and_reruns_from_the_page(server, page, actions, owner):
     log_in(page, server, "owner")
-    created = api_run(page, server, "examples.print_lines", {"count": 300, "delay": 0.1})
+    # Ten minutes: it is still running when Cancel is clicked, however long the page took.
+    created = api_run(page, server, "examples.print_lines", {"count": 6000, "delay": 0.1})
     page.goto(f"{server.url}/executions/{created['id']}/")
     page.locator("#main-pane .line[data-seq='2']").wait_for()
     page.get_by_role("button", name="Cancel").click()
@@ -192,7 +211,7 @@ def test_it_cancels_and_reruns_from_the_page(server, page, actions, owner):
     page.get_by_role("button", name="Re-run").click()
     page.wait_for_url(lambda url: "/executions/" in url and created["id"] not in url)
     rerun = Execution.objects.exclude(pk=created["id"]).get()
-    assert rerun.parameters == {"count": 300, "delay": 0.1}
+    assert rerun.parameters == {"count": 6000, "delay": 0.1}
     page.get_by_role("button", name="Cancel").click()
     page.locator("#status", has_text="canceled").wait_for()
 
@@ -285,11 +304,12 @@ def test_it_nests_the_sections_of_a_nested_workflow(server, page, actions, tenan
 
 
 def test_it_stays_responsive_while_an_execution_prints_5000_lines_a_second(
-    server, page, actions, owner
+    server, page, actions, owner, tmp_path
 ):
     log_in(page, server, "owner")
     page.goto(f"{server.url}/executions/")
-    created = api_run(page, server, "core.local", {"cmd": FLOOD_CMD})
+    gate = tmp_path / "gate"
+    created = api_run(page, server, "core.local", {"cmd": FLOOD_CMD.replace("GATE", str(gate))})
     page.goto(f"{server.url}/executions/{created['id']}/")
     page.evaluate(PROBE_JS)
     log = page.locator("#main-pane [data-log]")
@@ -310,7 +330,9 @@ def test_it_stays_responsive_while_an_execution_prints_5000_lines_a_second(
                    return [row.dataset.seq, row.getBoundingClientRect().top]; }"""
     )
     seen = int(page.locator("#main-pane .pane").get_attribute("data-cursor"))
-    wait_until(lambda: _last_seq(created["id"]) >= seen + 3000, 30, "more output")
+    assert seen <= FLOOD_HELD_AFTER
+    gate.touch()
+    wait_until(lambda: _last_seq(created["id"]) >= seen + 3000, RUN_SECONDS, "more output")
     for _ in range(4):  # input while output pours in: a click's handler runs promptly
         page.get_by_label("stderr").click()
     top_now = page.evaluate(
@@ -390,7 +412,7 @@ def test_it_opens_a_200000_line_log_and_loads_earlier_lines(server, page, action
 def test_it_shows_new_executions_and_status_changes_live(server, page, actions, owner):
     log_in(page, server, "owner")
     failed = api_run(page, server, "examples.fail", {})
-    wait_until(lambda: _finished(failed["id"]), 20, "the failing run")
+    wait_until(lambda: _finished(failed["id"]), RUN_SECONDS, "the failing run")
     page.goto(f"{server.url}/executions/")
     page.locator("#live-state[data-state='live']").wait_for()
     page.evaluate("() => { window.__sameDocument = true; }")
@@ -412,5 +434,5 @@ def test_it_filters_the_list_live_by_status(server, page, actions, owner):
     ok = api_run(page, server, "examples.print_lines", {"count": 1, "delay": 0})
     failing = api_run(page, server, "examples.fail", {})
     page.locator(f"tr[data-id='{failing['id']}'] .badge", has_text="failed").wait_for()
-    wait_until(lambda: _finished(ok["id"]), 20, "the other run")
+    wait_until(lambda: _finished(ok["id"]), RUN_SECONDS, "the other run")
     assert page.locator(f"tr[data-id='{ok['id']}']").count() == 0

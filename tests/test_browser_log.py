@@ -17,8 +17,10 @@ from executions.models import Execution, ExecutionStatus, OutputChunk
 from tests.browser_helpers import (
     BROWSER_TEST,
     DOM_ROWS_BOUND,
+    RUN_SECONDS,
     browser_personas,
     log_in,
+    new_context,
     off_the_loop,
     screenshot,
     shown_lines,
@@ -203,14 +205,14 @@ def _check_toggles(page) -> None:
 
 
 def test_it_fits_400_px_and_answers_unknown_filters(server, browser, actions, tenant, owner):
-    context = browser.new_context(viewport={"width": 400, "height": 800})
+    context = new_context(browser, viewport={"width": 400, "height": 800})
     try:
         page = context.new_page()
         log_in(page, server, "owner")
         created = off_the_loop(
             services.create_execution, actions["examples.fail"], {}, tenant=tenant
         )
-        wait_until(lambda: Execution.objects.get(pk=created.id).is_finished, 30, "the run")
+        wait_until(lambda: Execution.objects.get(pk=created.id).is_finished, RUN_SECONDS, "the run")
         page.goto(f"{server.url}/executions/?tenant=nope")
         assert page.get_by_text("There is no tenant “nope” you may see").is_visible()
         assert page.locator(f"tr[data-id='{created.id}']").is_visible()

@@ -27,10 +27,10 @@ from streaming.guard import SESSION_ENDED
 from tests.browser_helpers import (
     BROWSER_TEST,
     FAST,
-    PAGE_TIMEOUT_MS,
     api_run,
     browser_personas,
     log_in,
+    new_context,
     off_the_loop,
     persona,
     screenshot,
@@ -75,8 +75,7 @@ def root(db, tenant):
 @pytest.fixture
 def admin(browser, own_server, root):
     """The superuser's browser (a context of its own: its own session and shared worker)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    context = new_context(browser)
     page = context.new_page()
     log_in(page, own_server, "root")
     yield page

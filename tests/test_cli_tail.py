@@ -9,12 +9,15 @@ from django.core.management import call_command
 from executions import services
 from executions.models import Execution
 from tests.cli_helpers import (
+    FINISH_SECONDS,
     CuttableProxy,
     finish,
+    held_print_lines,
     start_cli,
     stored_text,
     wait_finished,
 )
+from tests.runner_helpers import wait_until
 
 pytest_plugins = ["tests.cli_fixtures"]
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -24,17 +27,29 @@ def lines(count: int) -> str:
     return "".join(f"{'stderr' if i % 2 else 'stdout'} -> Line: {i}\n" for i in range(1, count + 1))
 
 
-def test_it_tails_a_running_execution_from_its_first_line(tg, actions):
-    execution = services.create_execution(
-        actions["examples.print_lines"], {"count": 6, "delay": 0.2}
+def test_it_tails_a_running_execution_from_its_first_line(
+    server, key, config_home, actions, tmp_path
+):
+    # Held after line 3 until the tail has begun: running then, whatever the CLI's start-up
+    # takes, with lines printed before the tail began and after.
+    gate = tmp_path / "gate"
+    cmd = held_print_lines(6, gate, held_after=3)
+    execution = services.create_execution(actions["core.local"], {"cmd": cmd})
+    wait_until(
+        lambda: Execution.objects.get(pk=execution.id).last_seq >= 3,
+        FINISH_SECONDS,
+        "the first three lines",
     )
-    result = tg("execution", "tail", "last")
-    assert result.code == 0, result.err
-    assert result.out == (
-        f"Execution {execution.id} has started.\n\n"
-        + lines(6)
-        + f"\nExecution {execution.id} has completed (status=succeeded).\n"
-    )
+    cli = start_cli(server, key, "execution", "tail", "last", config_home=config_home)
+    assert cli.stdout.readline() == f"Execution {execution.id} has started.\n"
+    gate.touch()
+    out, err = finish(cli)
+    assert cli.returncode == 0, err
+    # stdout and stderr are two pipes: the stored order is the order the runner read them
+    # (one read may bring two lines of one pipe), and the tail prints exactly that.
+    stored = stored_text(execution.id)
+    assert sorted(stored.splitlines()) == sorted(lines(6).splitlines())
+    assert out == (f"\n{stored}\nExecution {execution.id} has completed (status=succeeded).\n")
 
 
 def test_it_tails_a_finished_execution_without_saying_it_started(tg, actions):
@@ -42,9 +57,11 @@ def test_it_tails_a_finished_execution_without_saying_it_started(tg, actions):
     wait_finished(execution.id)
     result = tg("execution", "tail", execution.id)
     assert result.code == 0, result.err
-    assert (
-        result.out == lines(3) + f"\nExecution {execution.id} has completed (status=succeeded).\n"
-    )
+    # Printed without a pause, on two pipes: the stored order is the order the runner read
+    # them (one read may bring two stderr lines), and the tail prints exactly that.
+    stored = stored_text(execution.id)
+    assert sorted(stored.splitlines()) == sorted(lines(3).splitlines())
+    assert result.out == stored + f"\nExecution {execution.id} has completed (status=succeeded).\n"
 
 
 def test_it_prints_metadata_and_one_type_when_asked(tg, actions):
