@@ -8,7 +8,7 @@ from tests.cli_helpers import Result, run_cli, write_nested_pack
 
 
 @pytest.fixture
-def server(cluster_mode):
+def server_url(cluster_mode):
     """A real `manage.py serve` (web + runner in one process) on the test database."""
     from tests.server_helpers import serve
 
@@ -33,11 +33,11 @@ def config_home(tmp_path):
 
 
 @pytest.fixture
-def tg(server, key, config_home):
+def tg(server_url, key, config_home):
     """`tg(*args, **env)`: the CLI against the test server with the superuser's key."""
 
     def run(*args: str, **env: str) -> Result:
-        return run_cli(server, key, *args, config_home=config_home, **env)
+        return run_cli(server_url, key, *args, config_home=config_home, **env)
 
     return run
 

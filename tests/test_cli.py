@@ -227,9 +227,9 @@ def test_it_prints_output_and_children(tg, actions):
     assert sorted(c["task_name"] for c in children) == ["build", "summary", "test"]
 
 
-def test_it_explains_errors_in_one_line(server, key, config_home, actions):
+def test_it_explains_errors_in_one_line(server_url, key, config_home, actions):
     def run(key, *args):
-        result = run_cli(server, key, *args, config_home=config_home)
+        result = run_cli(server_url, key, *args, config_home=config_home)
         assert result.code == 2 and result.err.count("\n") == 1 and result.out == ""
         return result.err
 
@@ -261,32 +261,38 @@ def write_config(config_home, text: str) -> None:
     (config_home / "tailgate" / "config").write_text(text)
 
 
-def test_it_takes_flags_over_environment_over_the_config_file(server, key, config_home, actions):
+def test_it_takes_flags_over_environment_over_the_config_file(
+    server_url, key, config_home, actions
+):
     finished(actions["examples.print_lines"], count=1, delay=0)
-    write_config(config_home, f"[general]\nbase_url = {server}\n[credentials]\napi_key = {key}\n")
+    write_config(
+        config_home, f"[general]\nbase_url = {server_url}\n[credentials]\napi_key = {key}\n"
+    )
     assert run_cli(None, None, "execution", "get", "-a", "status", config_home=config_home).out == (
         "status: succeeded\n"
     )
     nowhere = "http://127.0.0.1:9"
     by_env = run_cli(None, None, "action", "list", config_home=config_home, TAILGATE_URL=nowhere)
     assert by_env.code == 2 and "cannot reach http://127.0.0.1:9" in by_env.err
-    by_flag = run_cli(server, None, "action", "list", config_home=config_home, TAILGATE_URL=nowhere)
+    by_flag = run_cli(
+        server_url, None, "action", "list", config_home=config_home, TAILGATE_URL=nowhere
+    )
     assert by_flag.code == 0
     bad_key = run_cli(None, "tg_nope", "action", "list", config_home=config_home)
     assert bad_key.code == 2
 
-    write_config(config_home, f"[general]\nbase_url = {server}\n[stream]\nurl = {nowhere}\n")
+    write_config(config_home, f"[general]\nbase_url = {server_url}\n[stream]\nurl = {nowhere}\n")
     apart = run_cli(None, key, "execution", "output", "last", config_home=config_home)
     assert apart.code == 2 and "cannot reach http://127.0.0.1:9" in apart.err  # streams go there
-    fixed = run_cli(None, key, "--stream-url", server, "execution", "output", "last",
+    fixed = run_cli(None, key, "--stream-url", server_url, "execution", "output", "last",
                     config_home=config_home)  # fmt: skip
     assert fixed.code == 0 and "Line: 1" in fixed.out
-    after = run_cli(None, key, "execution", "output", "last", "--stream-url", server,
+    after = run_cli(None, key, "execution", "output", "last", "--stream-url", server_url,
                     config_home=config_home)  # fmt: skip
     assert after.code == 0  # connection flags also after the command
 
     write_config(config_home, "this is not [an ini file\n")
-    broken = run_cli(server, key, "action", "list", config_home=config_home)
+    broken = run_cli(server_url, key, "action", "list", config_home=config_home)
     assert broken.code == 2 and "tailgate/config" in broken.err
 
 
@@ -323,13 +329,13 @@ def test_it_has_help_on_every_command(command, config_home):
     )
 
 
-def test_it_stops_quietly_when_the_reader_goes_away(server, key, config_home, actions):
+def test_it_stops_quietly_when_the_reader_goes_away(server_url, key, config_home, actions):
     """`tailgate execution output ID | head -1`: no BrokenPipeError traceback."""
     from tests.cli_helpers import start_cli
 
     # 220 kB: more than a pipe holds, so the command surely writes after the reader left.
     execution = finished(actions["core.local"], cmd="seq 1 20000 | sed 's/^/line /'")
-    cli = start_cli(server, key, "execution", "output", execution.id, config_home=config_home)
+    cli = start_cli(server_url, key, "execution", "output", execution.id, config_home=config_home)
     assert cli.stdout.readline() == "line 1\n"
     cli.stdout.close()
     err = cli.stderr.read()
@@ -346,11 +352,11 @@ def test_it_runs_in_the_tenant_asked_for(tg, actions, tenant):
     assert missing.code == 2 and missing.err == "tailgate: There is no tenant nope.\n"
 
 
-def test_it_says_what_a_caller_may_not_do_in_one_line(server, config_home, actions, outsider):
+def test_it_says_what_a_caller_may_not_do_in_one_line(server_url, config_home, actions, outsider):
     from rbac.models import ApiKey
 
     key = ApiKey.issue(outsider, name="cli")[1]
-    refused = run_cli(server, key, "run", "core.local", "cmd=true", config_home=config_home)
+    refused = run_cli(server_url, key, "run", "core.local", "cmd=true", config_home=config_home)
     assert refused.code == 2
     assert refused.err == "tailgate: You may not run core.local in tenant default.\n"
     assert Execution.objects.count() == 0

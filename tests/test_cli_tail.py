@@ -28,7 +28,7 @@ def lines(count: int) -> str:
 
 
 def test_it_tails_a_running_execution_from_its_first_line(
-    server, key, config_home, actions, tmp_path
+    server_url, key, config_home, actions, tmp_path
 ):
     # Held after line 3 until the tail has begun: running then, whatever the CLI's start-up
     # takes, with lines printed before the tail began and after.
@@ -40,7 +40,7 @@ def test_it_tails_a_running_execution_from_its_first_line(
         FINISH_SECONDS,
         "the first three lines",
     )
-    cli = start_cli(server, key, "execution", "tail", "last", config_home=config_home)
+    cli = start_cli(server_url, key, "execution", "tail", "last", config_home=config_home)
     assert cli.stdout.readline() == f"Execution {execution.id} has started.\n"
     gate.touch()
     out, err = finish(cli)
@@ -143,11 +143,11 @@ def family(root: Execution) -> dict[str, str]:
 
 
 def test_it_tails_a_running_two_level_nested_workflow_whole(
-    server, key, config_home, nested, tmp_path
+    server_url, key, config_home, nested, tmp_path
 ):
     gate = tmp_path / "gate"
     root = services.create_execution(nested["nest.outer"], {"gate": str(gate)})
-    cli = start_cli(server, key, "execution", "tail", root.id, config_home=config_home)
+    cli = start_cli(server_url, key, "execution", "tail", root.id, config_home=config_home)
     assert cli.stdout.readline() == f"Execution {root.id} has started.\n"
     gate.touch()  # the workflow was held running until the tail had begun
     out, err = finish(cli)
@@ -183,13 +183,13 @@ def test_it_tails_a_nested_workflow_whose_grandchild_fails(tg, nested):
 
 
 def test_it_prints_exactly_the_stored_output_across_cut_connections(
-    server, key, config_home, actions, tmp_path
+    server_url, key, config_home, actions, tmp_path
 ):
     """Three cuts, each while the action waits for the test (so the stream is surely open)."""
     gates = [tmp_path / f"gate{i}" for i in range(3)]
     phase = 'for i in $(seq {0} {1}); do echo line $i; echo err $i >&2; done; while [ ! -e "{2}" ]; do sleep 0.05; done'
     cmd = "; ".join(phase.format(10 * n + 1, 10 * n + 10, gate) for n, gate in enumerate(gates))
-    proxy = CuttableProxy(int(server.rsplit(":", 1)[1]))
+    proxy = CuttableProxy(int(server_url.rsplit(":", 1)[1]))
     try:
         execution = services.create_execution(actions["core.local"], {"cmd": cmd + "; echo end"})
         cli = start_cli(proxy.url, key, "execution", "tail", execution.id, config_home=config_home)
@@ -212,9 +212,9 @@ def test_it_prints_exactly_the_stored_output_across_cut_connections(
     assert proxy.connections >= 4  # it really reconnected after each cut
 
 
-def test_it_exits_130_quietly_on_ctrl_c(server, key, config_home, actions):
+def test_it_exits_130_quietly_on_ctrl_c(server_url, key, config_home, actions):
     execution = services.create_execution(actions["core.local"], {"cmd": "echo started; sleep 60"})
-    cli = start_cli(server, key, "execution", "tail", execution.id, config_home=config_home)
+    cli = start_cli(server_url, key, "execution", "tail", execution.id, config_home=config_home)
     assert cli.stdout.readline() == f"Execution {execution.id} has started.\n"
     assert cli.stdout.readline() == "\n"
     assert cli.stdout.readline() == "started\n"

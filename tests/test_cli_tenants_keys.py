@@ -22,12 +22,12 @@ def table_rows(out: str) -> list[list[str]]:
 
 
 @pytest.fixture
-def as_member(server, config_home, member):
+def as_member(server_url, config_home, member):
     """`as_member(*args)`: the CLI with a key of `member` (viewer of the default tenant)."""
     raw_key = ApiKey.issue(member, name="member cli")[1]
 
     def run(*args: str):
-        return run_cli(server, raw_key, *args, config_home=config_home)
+        return run_cli(server_url, raw_key, *args, config_home=config_home)
 
     return run
 
@@ -65,7 +65,7 @@ def test_it_lists_and_shows_tenants_in_every_format(tg, as_member, other_tenant)
         assert hidden.err == f"tailgate: There is no tenant {slug}.\n"
 
 
-def test_it_creates_a_key_with_a_superusers_key_and_prints_it_once(tg, server, config_home):
+def test_it_creates_a_key_with_a_superusers_key_and_prints_it_once(tg, server_url, config_home):
     created = tg("key", "create", "deploy bot", "--expires-in-days", "7")
     assert created.code == 0, created.err
     assert created.err == NOTE
@@ -76,7 +76,7 @@ def test_it_creates_a_key_with_a_superusers_key_and_prints_it_once(tg, server, c
     assert lines["expires_at"]
 
     # The printed key works, and nothing prints it again.
-    listed = run_cli(server, raw_key, "key", "list", "-j", config_home=config_home)
+    listed = run_cli(server_url, raw_key, "key", "list", "-j", config_home=config_home)
     assert listed.code == 0 and raw_key not in listed.out
     mine = json.loads(listed.out)  # the new key (current) and the test's own `cli` key
     assert (mine[0]["id"], mine[0]["current"]) == (key_id, True)
@@ -87,7 +87,7 @@ def test_it_creates_a_key_with_a_superusers_key_and_prints_it_once(tg, server, c
     assert only_key.out.startswith("key: tg_") and only_key.out.count("\n") == 1
 
 
-def test_it_lists_shows_and_revokes_keys(tg, server, config_home, superuser):
+def test_it_lists_shows_and_revokes_keys(tg, server_url, config_home, superuser):
     spare, spare_raw = ApiKey.issue(superuser, name="spare")
     rows = table_rows(tg("key", "list").out)
     assert rows[0] == ["id", "name", "state", "created_at", "expires_at", "last_used_at"]
@@ -105,7 +105,7 @@ def test_it_lists_shows_and_revokes_keys(tg, server, config_home, superuser):
     assert (revoked.code, revoked.out) == (0, f"API key {spare.key_id} is revoked.\n")
     assert json.loads(tg("key", "get", spare.key_id, "-j").out)["state"] == "revoked"
     assert json.loads(tg("key", "revoke", spare.key_id, "-j").out)["state"] == "revoked"
-    refused = run_cli(server, spare_raw, "key", "list", config_home=config_home)
+    refused = run_cli(server_url, spare_raw, "key", "list", config_home=config_home)
     assert refused.code == 2 and "Invalid, expired or revoked API key." in refused.err
 
 

@@ -35,8 +35,8 @@ def isolated(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def client(server, key, isolated):
-    with Client(server, api_key=key) as client:
+def client(server_url, key, isolated):
+    with Client(server_url, api_key=key) as client:
         yield client
 
 
@@ -168,7 +168,7 @@ def test_it_pages_through_every_execution(client, actions, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_raises_typed_errors_carrying_the_problem(client, server, actions):
+def test_it_raises_typed_errors_carrying_the_problem(client, server_url, actions):
     with pytest.raises(ValidationFailed) as invalid:
         client.executions.run("examples.print_lines", count="lots")
     assert invalid.value.status == 422
@@ -180,7 +180,7 @@ def test_it_raises_typed_errors_carrying_the_problem(client, server, actions):
     with pytest.raises(NotFound, match=f"There is no execution {MISSING_ID}."):
         client.executions.get(MISSING_ID)
     with pytest.raises(AuthenticationFailed) as refused:
-        Client(server, api_key="tg_nope").actions.get_all()
+        Client(server_url, api_key="tg_nope").actions.get_all()
     assert refused.value.status == 401 and refused.value.type
     with pytest.raises(ServerUnreachable, match=r"cannot reach http://127\.0\.0\.1:9"):
         Client("http://127.0.0.1:9", api_key="k").actions.get_all()
@@ -188,7 +188,7 @@ def test_it_raises_typed_errors_carrying_the_problem(client, server, actions):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_gets_tenants_by_slug_and_name(client, server, member, other_tenant):
+def test_it_gets_tenants_by_slug_and_name(client, server_url, member, other_tenant):
     from rbac.models import ApiKey
 
     assert [t["slug"] for t in client.tenants.get_all()] == ["default", "other"]
@@ -197,7 +197,7 @@ def test_it_gets_tenants_by_slug_and_name(client, server, member, other_tenant):
     assert client.tenants.get_by_name("other")["name"] == "Other"
     assert client.tenants.get_by_name("Default")["slug"] == "default"  # the display name
     assert client.tenants.get_by_name("nothing") is None
-    with Client(server, api_key=ApiKey.issue(member)[1]) as viewer:
+    with Client(server_url, api_key=ApiKey.issue(member)[1]) as viewer:
         assert viewer.tenants.get_all() == [
             {"slug": "default", "name": "Default", "role": "viewer"}
         ]
@@ -210,7 +210,7 @@ def test_it_gets_tenants_by_slug_and_name(client, server, member, other_tenant):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_creates_lists_and_revokes_keys(client, server, member):
+def test_it_creates_lists_and_revokes_keys(client, server_url, member):
     from rbac.models import ApiKey
 
     created = client.keys.create("bot", expires_in_days=3)
@@ -218,13 +218,13 @@ def test_it_creates_lists_and_revokes_keys(client, server, member):
     assert client.keys.create("forever")["expires_at"] is None
     assert [k["name"] for k in client.keys.get_all()] == ["forever", "bot", "cli"]
     assert "key" not in client.keys.get(created["id"])
-    with Client(server, api_key=created["key"]) as bot:
+    with Client(server_url, api_key=created["key"]) as bot:
         assert bot.keys.get_by_id(created["id"])["current"] is True
         assert bot.keys.revoke(created["id"])["state"] == "revoked"
         with pytest.raises(AuthenticationFailed):
             bot.keys.get_all()
     assert client.keys.get(created["id"])["state"] == "revoked"
-    with Client(server, api_key=ApiKey.issue(member)[1]) as viewer:
+    with Client(server_url, api_key=ApiKey.issue(member)[1]) as viewer:
         with pytest.raises(PermissionDenied, match="An API key cannot create API keys"):
             viewer.keys.create("copy")
         assert viewer.keys.get_by_id(created["id"]) is None  # not theirs
@@ -294,10 +294,10 @@ def test_it_tails_nested_workflows_with_child_events(client, nested):
 
 @pytest.mark.django_db(transaction=True)
 def test_it_follows_the_global_event_stream_and_resumes_after_a_cut(
-    server, key, isolated, actions, tmp_path
+    server_url, key, isolated, actions, tmp_path
 ):
     gate = tmp_path / "gate"
-    proxy = CuttableProxy(int(server.rsplit(":", 1)[1]))
+    proxy = CuttableProxy(int(server_url.rsplit(":", 1)[1]))
     try:
         client = Client(proxy.url, api_key=key)
         execution = services.create_execution(

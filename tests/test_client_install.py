@@ -97,7 +97,7 @@ def run(python: Path | str, *args: str, config_home: Path) -> subprocess.Complet
     )
 
 
-def test_it_imports_and_runs_without_django(server, key, config_home, tmp_path, actions):
+def test_it_imports_and_runs_without_django(server_url, key, config_home, tmp_path, actions):
     python = without_django_venv(tmp_path / "venv")
     probe = run(python, "-c", PROBE, config_home=config_home)
     assert probe.returncode == 0, probe.stderr
@@ -105,7 +105,7 @@ def test_it_imports_and_runs_without_django(server, key, config_home, tmp_path, 
     django = run(python, "-c", "import django", config_home=config_home)
     assert "ModuleNotFoundError: No module named 'django'" in django.stderr
 
-    flags = ["-m", "tailgate_client.cli", "--url", server, "--api-key", key]
+    flags = ["-m", "tailgate_client.cli", "--url", server_url, "--api-key", key]
     tailed = run(python, *flags, "run", "examples.print_lines", "count=2", "delay=0", "--tail",
                  config_home=config_home)  # fmt: skip
     assert tailed.returncode == 0, tailed.stderr
@@ -115,7 +115,7 @@ def test_it_imports_and_runs_without_django(server, key, config_home, tmp_path, 
     assert listed.stdout == "- status: succeeded\n"
 
 
-def test_it_installs_alone_with_pip(server, key, config_home, tmp_path, actions):
+def test_it_installs_alone_with_pip(server_url, key, config_home, tmp_path, actions):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=PIP_SECONDS)
     source = copy_client(tmp_path / "tailgate_client")
@@ -133,6 +133,6 @@ def test_it_installs_alone_with_pip(server, key, config_home, tmp_path, actions)
     assert "tailgate-client" in installed and "django" not in installed
     probe = run(venv / "bin" / "python", "-c", PROBE, config_home=config_home)
     assert probe.returncode == 0 and probe.stdout == "server modules: []\n", probe.stderr
-    command = run(venv / "bin" / "tailgate", "--url", server, "--api-key", key, "action", "get",
+    command = run(venv / "bin" / "tailgate", "--url", server_url, "--api-key", key, "action", "get",
                   "core.local", "-a", "ref", config_home=config_home)  # fmt: skip
     assert command.returncode == 0 and command.stdout == "ref: core.local\n", command.stderr
