@@ -332,8 +332,10 @@ class RunnerService:
     async def _claim_loop(self) -> None:
         failing = False
         while not self.stopping:
-            failing = await _guarded(self.claim_step, failing)
+            # Cleared before the claim, not after: a nudge that comes while the claim runs
+            # (after its query found nothing) must start another claim, not wait for the poll.
             self._nudged.clear()
+            failing = await _guarded(self.claim_step, failing)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudged.wait(), settings.RUNNER_POLL_SECONDS)
 

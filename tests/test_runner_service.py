@@ -238,6 +238,30 @@ async def test_it_never_reaps_its_own_runs_whatever_their_beats_say(actions, set
     assert (await Execution.objects.aget(pk=own.pk)).status == S.RUNNING
 
 
+async def test_it_claims_again_after_a_nudge_that_came_during_a_claim(settings, monkeypatch):
+    settings.RUNNER_POLL_SECONDS = 3600  # only a nudge can start the second claim in time
+    service = RunnerService(concurrency=1)
+    claims: asyncio.Queue[int] = asyncio.Queue()
+    count = itertools.count(1)
+
+    async def claim_step():
+        number = next(count)
+        if number == 1:
+            service._nudged.set()  # a nudge arrives while the first claim is running
+        await claims.put(number)
+        return []
+
+    monkeypatch.setattr(service, "claim_step", claim_step)
+    loop = asyncio.create_task(service._claim_loop())
+    try:
+        assert await asyncio.wait_for(claims.get(), 60) == 1
+        assert await asyncio.wait_for(claims.get(), 60) == 2  # the nudge was kept
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        service.close()
+
+
 async def test_it_wakes_on_a_nudge_without_waiting_for_the_poll(actions, settings):
     settings.RUNNER_POLL_SECONDS = 3600  # far beyond the wait below: only a nudge can do it
     service = RunnerService(concurrency=1)
