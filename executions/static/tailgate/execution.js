@@ -182,7 +182,11 @@ function upsertChild(payload) {
     element.dataset.id = payload.id;
     element.querySelector("[data-link]").href = config.page.replace("ID", payload.id);
     element.querySelector("[data-link-id]").textContent = payload.id;
-    sections.append(element);
+    // Sections keep creation order (ids sort by it) whatever order events and reads bring
+    // them in: a task created while the stream was connecting comes by the reconciling read,
+    // after the event of a later one.
+    const next = [...sections.children].find((other) => other.dataset.id > payload.id);
+    sections.insertBefore(element, next ?? null);
     document.getElementById("no-children").hidden = true;
     entry = childEntry(element);
     children.set(payload.id, entry);
