@@ -6,6 +6,7 @@ anchors GitHub derives from headings; `manage.py <command>` against Django's com
 """
 
 import ast
+import functools
 import io
 import os
 import re
@@ -99,11 +100,14 @@ def _written_by_the_suite(linked: Path) -> bool:
     """
     if linked.parent != ARTIFACTS:
         return False
-    sources = "\n".join(p.read_text() for p in (BASE_DIR / "tests").glob("*.py"))
-    return (
-        re.search(rf"[\"']{re.escape(linked.stem)}(\.{linked.suffix[1:]})?[\"']", sources)
-        is not None
-    )
+    name = rf"[\"']{re.escape(linked.stem)}(\.{linked.suffix[1:]})?[\"']"
+    return re.search(name, _test_sources()) is not None
+
+
+@functools.cache
+def _test_sources() -> str:
+    """The suite's source, read once for all the links it is searched for."""
+    return "\n".join(p.read_text() for p in (BASE_DIR / "tests").glob("*.py"))
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(BASE_DIR)))
