@@ -85,10 +85,8 @@ async def _ring_until(predicate, what: str) -> None:
     """Ring the runners' group as creating an execution does, again until `predicate` holds.
 
     One ring proves nothing on a starved CPU: the product's ring is skipped when a send takes
-    longer than CHANNEL_LAYER_SEND_TIMEOUT_SECONDS (a doorbell, lossy by design), and a ring
-    that lands while the claim loop is inside a claim step is cleared with that step's wake-up
-    (RunnerService._claim_loop clears its event after the claim). Each ring still reaches the
-    runner only through the group it must have re-joined."""
+    longer than CHANNEL_LAYER_SEND_TIMEOUT_SECONDS (a doorbell, lossy by design). Each ring
+    still reaches the runner only through the group it must have re-joined."""
     layer = get_channel_layer()
     try:
         async with asyncio.timeout(NUDGE_SECONDS):
