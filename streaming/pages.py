@@ -1,17 +1,24 @@
-"""Replay's fast path: pages of the log read as raw rows and encoded a page at a time.
+"""Replay's fast path: pages of the log read as raw rows and encoded in the database thread.
 
-    SSE / plain-text cursor ─▶ shared_page(..., kind) ─▶ read_rows: one raw SELECT of the
-      columns that format needs (plain text: `seq` and `data` only, filtered by type in SQL)
-      ─▶ ChunkPage ─▶ .sse() or .text(): the page's bytes in one loop, made once and shared
-         by every stream of the process that reads the same page ─▶ one write per page
+    SSE / plain-text cursor ─▶ shared_rows(..., kind) ─▶ in a stream-pool thread
+      (streaming/db.py): read_rows, one raw SELECT of the columns that format needs (plain
+      text: `seq` and `data` only, filtered by type in SQL) ─▶ the page's bytes in one loop
+      ─▶ ChunkPage (bytes, rows, last seq), shared by every stream of the process that
+      reads the same page ─▶ one write per page on the event loop
 
 Per-row ORM results, payload dicts, `Frame` objects and one encoding call per frame cost
 about four times what the database read itself costs (62k lines/s against a bare SELECT's
 374k on the 2-core bench machine), so a replay to an SSE or plain-text client skips them.
-Live batches, WebSocket streams and family streams keep the frame path. The SSE bytes are exactly what `sse.encode` writes for the same chunk
-(tests/test_replay_pages.py compares them on hostile text).
+The bytes are made where the rows are read: encoding on the event loop made the loop and
+the reading thread take turns at the GIL for every page. PostgreSQL could write the events
+itself (`to_json(data)`, `to_char` for the timestamp, `string_agg`), but on the 2-core bench
+machine it did so at ~190k rows/s per backend, against ~375k for this raw read and loop
+(2026-12-01). Live batches, WebSocket streams and family streams keep the frame path. The
+SSE bytes are exactly what `sse.encode` writes for the same chunk (tests/test_replay_pages.py
+compares them on hostile text).
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,13 +30,13 @@ from streaming.frames import OUTPUT_EVENT
 from streaming.replay import OutputState
 
 # Rows per replay page on the fast path. A page is written at once, so it bounds what a
-# stalled client can hold beyond STREAM_SEND_BUFFER_BYTES (~230 KiB of SSE for 1,000 bench
+# stalled client can hold beyond STREAM_SEND_BUFFER_BYTES (~300 KiB of SSE for 1,000 bench
 # lines), and it amortises the query and the hop to the database thread.
 FAST_PAGE_ROWS = 1000
 
-# What a page is read for: every column (SSE, and frames for the other formats), or the
-# text alone (plain text).
-FULL, TEXT = "full", "text"
+# The format a page is read and encoded for (also the hub's name for the format's encoding,
+# streaming/direct.py).
+SSE, TEXT = "sse", "text"
 
 _json_string = sse.json_string
 
@@ -65,7 +72,15 @@ def _datetime_stamp(stamp: datetime) -> str:
     )
 
 
-_STAMP_TEXT = {"postgresql": _postgresql_stamp, "sqlite": _sqlite_stamp}
+_STAMP_TEXT: dict[str, Callable[[Any], str]] = {
+    "postgresql": _postgresql_stamp,
+    "sqlite": _sqlite_stamp,
+}
+
+
+def stamp_text() -> Callable[[Any], str]:
+    """How this connection's timestamps (as `read_rows` reads them) become isoformat text."""
+    return _STAMP_TEXT.get(connection.vendor, _datetime_stamp)
 
 
 def _sql(kind: str, typed: bool) -> str:
@@ -82,7 +97,8 @@ def read_rows(
     execution_id: str, after: int, upto: int, output_type: str | None, kind: str
 ) -> list[tuple[Any, ...]]:
     """One page of raw rows with `after < seq <= upto` (of one type, if given), in seq order:
-    (seq, data) for TEXT, (seq, output_type, data, timestamp as isoformat text) for FULL.
+    (seq, data) for TEXT; (seq, output_type, data, timestamp) for SSE, the timestamp as the
+    database returns it (`stamp_text()` makes it isoformat's).
 
     A raw cursor rather than `values_list`: the ORM's per-row work is most of replay's cost.
     """
@@ -92,68 +108,62 @@ def read_rows(
     params.append(FAST_PAGE_ROWS)
     with connection.cursor() as cursor:
         cursor.execute(_sql(kind, bool(output_type)), params)
-        rows = cursor.fetchall()
+        return cursor.fetchall()
+
+
+def read_page(
+    state: OutputState, after: int, upto: int, output_type: str | None, kind: str
+) -> "ChunkPage":
+    """One page (`read_rows`) with its bytes for `kind`'s format: run it in the stream pool."""
+    rows = read_rows(state.execution_id, after, upto, output_type, kind)
+    if not rows:
+        return ChunkPage(b"", 0, after)
     if kind == TEXT:
-        return rows
-    stamp = _STAMP_TEXT.get(connection.vendor, _datetime_stamp)
-    return [(seq, output_type, data, stamp(when)) for seq, output_type, data, when in rows]
+        body = "".join([data for _, data in rows]).encode()
+    else:
+        body = encode_sse(state, rows, stamp_text())
+    return ChunkPage(body, len(rows), rows[-1][0])
 
 
 class ChunkPage:
-    """One page of an execution's log, with its encodings made on first use (and shared)."""
+    """One page of an execution's log, as one format writes it (shared by its streams)."""
 
-    __slots__ = ("_sse", "_text", "full", "kind", "rows", "state")
+    __slots__ = ("body", "full", "last_seq", "rows")
 
-    def __init__(self, state: OutputState, rows: list[tuple[Any, ...]], kind: str) -> None:
-        self.state = state
+    def __init__(self, body: bytes, rows: int, last_seq: int) -> None:
+        self.body = body
         self.rows = rows
-        self.kind = kind
+        self.last_seq = last_seq
         # A full page may have more after it; a short one means nothing more up to its bound.
-        self.full = len(rows) >= FAST_PAGE_ROWS
-        self._sse: bytes | None = None
-        self._text: bytes | None = None
+        self.full = rows >= FAST_PAGE_ROWS
 
     def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def last_seq(self) -> int:
-        return self.rows[-1][0]
-
-    def chars(self) -> int:
-        """The chunk text it holds (what the page cache bounds)."""
-        column = 1 if self.kind == TEXT else 2
-        return sum(len(row[column]) for row in self.rows)
-
-    def text(self) -> bytes:
-        """The chunks' text, as plain text writes it."""
-        if self._text is None:
-            column = 1 if self.kind == TEXT else 2
-            self._text = "".join([row[column] for row in self.rows]).encode()
-        return self._text
-
-    def sse(self) -> bytes:
-        """Every chunk as an `execution.output__create` event, byte for byte `sse.encode`'s."""
-        if self._sse is None:
-            self._sse = _encode_sse(self.state, self.rows)
-        return self._sse
+        return self.rows
 
 
-def _encode_sse(state: OutputState, rows: list[tuple[Any, ...]]) -> bytes:
-    """The fields in `sse._encode_chunk`'s order; what is the same on every row of the page
-    is encoded once."""
+def encode_sse(
+    state: OutputState, rows: list[tuple[Any, ...]], stamp_text: Callable[[Any], str]
+) -> bytes:
+    """Every chunk as an `execution.output__create` event, byte for byte `sse.encode`'s.
+
+    The fields in `sse._encode_chunk`'s order; what is the same on every row of the page is
+    encoded once, and so is each distinct timestamp (a batch's chunks share one)."""
     quote = _json_string
+    head = f"event: {OUTPUT_EVENT}\nid: "
     execution = quote(state.execution_id)
     tail = f',"action_ref":{quote(state.action_ref)},"runner_ref":{quote(state.runner_ref)}}}\n\n'
-    types: dict[str, str] = {}
-    parts = []
-    for seq, output_type, data, stamp in rows:
-        kind = types.get(output_type)
-        if kind is None:
-            kind = types[output_type] = quote(output_type)
-        parts.append(
-            f'event: {OUTPUT_EVENT}\nid: {seq}\ndata: {{"seq":{seq},"execution_id":{execution},'
-            f'"output_type":{kind},"data":{quote(data)},'
-            f'"timestamp":"{stamp}"{tail}'
-        )
+    middles: dict[str, str] = {}  # output type → the fields between `seq` and `data`
+    ends: dict[Any, str] = {}  # timestamp → the fields after `data`
+    parts: list[str] = []
+    append = parts.append
+    for seq, output_type, data, when in rows:
+        middle = middles.get(output_type)
+        if middle is None:
+            middle = middles[output_type] = (
+                f',"execution_id":{execution},"output_type":{quote(output_type)},"data":'
+            )
+        end = ends.get(when)
+        if end is None:
+            end = ends[when] = f',"timestamp":"{stamp_text(when)}"{tail}'
+        append(f'{head}{seq}\ndata: {{"seq":{seq}{middle}{quote(data)}{end}')
     return "".join(parts).encode()

@@ -15,11 +15,12 @@ from collections import OrderedDict
 
 from streaming.db import run_db
 from streaming.frames import Frame, output_frame
-from streaming.pages import ChunkPage, read_rows
+from streaming.pages import ChunkPage, read_page
 from streaming.replay import OutputState, output_state, read_chunks
 
-# Recent pages kept, and the chunk text they may hold in all: enough for viewers a few
-# pages apart to share, small beside a process's memory.
+# Recent pages kept, and what they may hold in all (chunk text of frame pages, bytes of
+# encoded pages): enough for viewers a few pages apart to share, small beside a process's
+# memory.
 SHARED_PAGES = 64
 SHARED_PAGE_CHARS = 16 * 1024 * 1024
 
@@ -29,8 +30,14 @@ Page = list[Frame] | ChunkPage
 
 def _chars(page: Page) -> int:
     if isinstance(page, ChunkPage):
-        return page.chars()
+        return len(page.body)
     return sum(len(frame.data["data"]) for frame in page)
+
+
+def kept(page: Page) -> bool:
+    """Whether the cache keeps a page this big once read (a page read ahead that it would
+    not keep is read again when asked for: not worth reading ahead)."""
+    return _chars(page) <= SHARED_PAGE_CHARS // 4
 
 
 class PageCache:
@@ -40,9 +47,9 @@ class PageCache:
         self.chars = 0
 
     def remember(self, key: PageKey, page: Page) -> None:
-        size = _chars(page)
-        if size > SHARED_PAGE_CHARS // 4:
+        if not kept(page):
             return  # a few huge chunks: not worth evicting everything else for
+        size = _chars(page)
         self.pages[key] = (page, size)
         self.chars += size
         while len(self.pages) > SHARED_PAGES or self.chars > SHARED_PAGE_CHARS:
@@ -59,12 +66,6 @@ def _read(state: OutputState, after: int, upto: int, output_type: str | None) ->
     return [output_frame(chunk) for chunk in read_chunks(state, after, upto, output_type)]
 
 
-def _read_page(
-    state: OutputState, after: int, upto: int, output_type: str | None, kind: str
-) -> ChunkPage:
-    return ChunkPage(state, read_rows(state.execution_id, after, upto, output_type, kind), kind)
-
-
 async def shared_page(
     state: OutputState, after: int, upto: int, output_type: str | None
 ) -> list[Frame]:
@@ -76,10 +77,10 @@ async def shared_page(
 async def shared_rows(
     state: OutputState, after: int, upto: int, output_type: str | None, kind: str
 ) -> ChunkPage:
-    """One page of raw rows (`streaming.pages.read_rows`, FAST_PAGE_ROWS at most), read once
-    however many streams want it; its encodings are made once too."""
+    """One page of the log encoded for `kind`'s format (`streaming.pages.read_page`,
+    FAST_PAGE_ROWS at most), read and encoded once however many streams want it."""
     key = (state.execution_id, after, upto, output_type, kind)
-    page = await _shared(key, _read_page, state, after, upto, output_type, kind)
+    page = await _shared(key, read_page, state, after, upto, output_type, kind)
     return page  # type: ignore[return-value]
 
 
@@ -89,7 +90,7 @@ def prefetch_rows(
     """Start reading the page `shared_rows` will be asked for next, without waiting: the
     database thread reads it while the stream writes the current one."""
     key = (state.execution_id, after, upto, output_type, kind)
-    _start(_cache(), key, _read_page, state, after, upto, output_type, kind)
+    _start(_cache(), key, read_page, state, after, upto, output_type, kind)
 
 
 def _cache() -> PageCache:

@@ -1,6 +1,8 @@
 """Replay's fast path (streaming/pages.py): raw pages encoded a page at a time write exactly
-what the frame path writes, and streams read through it stay exact and resumable."""
+what the frame path writes, streams read through it stay exact and resumable, and the pages
+read ahead are the ones the stream asks for next."""
 
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -9,14 +11,24 @@ from hypothesis import strategies as st
 
 from executions import storage
 from executions.capture import NUL_SUBSTITUTE
-from streaming import pages, sse
+from streaming import pages, shared_reads, sse
 from streaming.frames import output_frame
-from streaming.pages import FULL, TEXT, ChunkPage, read_rows
+from streaming.pages import SSE, TEXT, encode_sse, read_page
 from streaming.replay import OutputState, chunk_payload, read_chunks
-from tests.streaming_helpers import Response, db, finish, running_execution, seqs, store
+from tests.streaming_helpers import (
+    RECEIVE_SECONDS,
+    Response,
+    db,
+    finish,
+    running_execution,
+    seqs,
+    store,
+)
 
 text = st.text(st.characters(exclude_categories=("Cs",)))  # lone surrogates never reach here
-stamps = st.datetimes(timezones=st.just(UTC))
+# A batch's chunks share one timestamp (the encoder makes each distinct one once).
+SHARED_STAMP = datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC)
+stamps = st.one_of(st.just(SHARED_STAMP), st.datetimes(timezones=st.just(UTC)))
 HOSTILE = [
     "plain\n",
     "crlf\r\n",
@@ -49,9 +61,7 @@ def _frame_path_sse(state: OutputState, rows) -> bytes:
 def test_it_encodes_a_page_as_the_frame_path_does(rows, action_ref, runner_ref):
     state = _state(action_ref=action_ref, runner_ref=runner_ref)
     numbered = [(seq, kind, data, stamp) for seq, (kind, data, stamp) in enumerate(rows, 1)]
-    page = ChunkPage(state, [(*row[:3], row[3].isoformat()) for row in numbered], FULL)
-    assert page.sse() == _frame_path_sse(state, numbered)
-    assert page.text() == "".join(data for _, _, data, _ in numbered).encode()
+    assert encode_sse(state, numbered, pages._datetime_stamp) == _frame_path_sse(state, numbered)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -69,11 +79,12 @@ def test_it_reads_the_rows_the_orm_reads(actions, tenant):
     last = execution.last_seq
     for output_type in (None, "stdout", "stderr", "other"):
         chunks = read_chunks(state, 3, last, output_type)
-        page = ChunkPage(state, read_rows(execution.id, 3, last, output_type, FULL), FULL)
-        assert page.sse() == b"".join(sse.encode(output_frame(chunk)) for chunk in chunks)
-        text_page = ChunkPage(state, read_rows(execution.id, 3, last, output_type, TEXT), TEXT)
-        assert text_page.text() == "".join(chunk["data"] for chunk in chunks).encode()
-        assert text_page.last_seq == chunks[-1]["seq"]
+        page = read_page(state, 3, last, output_type, SSE)
+        assert page.body == b"".join(sse.encode(output_frame(chunk)) for chunk in chunks)
+        text_page = read_page(state, 3, last, output_type, TEXT)
+        assert text_page.body == "".join(chunk["data"] for chunk in chunks).encode()
+        assert text_page.last_seq == page.last_seq == chunks[-1]["seq"]
+        assert len(text_page) == len(page) == len(chunks)
 
 
 @pytest.fixture
@@ -128,6 +139,70 @@ async def test_it_replays_plain_text_across_pages_filtered_in_sql(actions, tenan
     assert (await stderr.body()).decode() == "e1\ne2\r\ne3 é\ne4\n"
     stdout = await Response.get(url, "type=stdout", user=member)
     assert (await stdout.body()).decode() == "".join([*HOSTILE, *HOSTILE[:2]])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("home_loop", "small_pages")
+async def test_it_reads_the_next_pages_while_one_is_written(actions, tenant, member, monkeypatch):
+    execution = await db(running_execution)(actions["examples.print_lines"], tenant)
+    await db(store)(execution, [f"line {n}\n" for n in range(1, 21)], "stdout")
+    # From seq 21: stderr and stdout mixed, so a filtered page ends where no guess would.
+    for output_type, count in [("stderr", 2), ("stdout", 1), ("stderr", 2), ("stdout", 1)]:
+        await db(store)(execution, [f"{output_type}\n"] * count, output_type)
+    await db(store)(execution, ["stderr\n"] * 3, "stderr")
+    await finish(execution)
+    url = f"/api/v1/executions/{execution.id}/output/stream"
+    read_rows, started = pages.read_rows, []
+    third_page_read, waited = threading.Event(), []
+
+    def reading(execution_id, after, upto, output_type, kind):
+        # The stream pool's threads: the second page's read lasts until the third's starts,
+        # which only a stream that reads two pages ahead of the one it writes lets happen.
+        started.append((output_type, after))
+        if after == 6:
+            third_page_read.set()
+        if after == 3 and output_type is None:
+            waited.append(third_page_read.wait(RECEIVE_SECONDS))  # a failure bound only
+        return read_rows(execution_id, after, upto, output_type, kind)
+
+    monkeypatch.setattr(pages, "read_rows", reading)
+    response = await Response.get(url, "from=0", user=member)
+    assert seqs(await response.events_until("done")) == list(range(1, 30))
+    await response.body()
+    assert waited == [True]
+    # Every page once: the pages read ahead are the ones the stream then asked for.
+    assert sorted(started) == [(None, after) for after in range(0, 29, 3)]
+
+    started.clear()
+    stderr = await Response.get(url, "from=0&type=stderr", user=member)
+    assert seqs(await stderr.events_until("done")) == [21, 22, 24, 25, 27, 28, 29]
+    await stderr.body()
+    # Pages [21, 22, 24], [25, 27, 28], [29]: each read once, after the one before it.
+    assert started == [("stderr", 0), ("stderr", 24), ("stderr", 28)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("home_loop", "small_pages")
+async def test_it_reads_no_page_ahead_that_the_cache_would_not_keep(
+    actions, tenant, member, monkeypatch
+):
+    # Pages of three 100-character lines are over what the cache keeps: a page read ahead
+    # would be dropped once read, and read again when the stream asks for it.
+    monkeypatch.setattr(shared_reads, "SHARED_PAGE_CHARS", 4 * 200)
+    execution = await db(running_execution)(actions["examples.print_lines"], tenant)
+    await db(store)(execution, [f"{n:099d}\n" for n in range(1, 11)], "stdout")
+    await finish(execution)
+    read_rows, started = pages.read_rows, []
+
+    def reading(execution_id, after, upto, output_type, kind):
+        started.append(after)
+        return read_rows(execution_id, after, upto, output_type, kind)
+
+    monkeypatch.setattr(pages, "read_rows", reading)
+    url = f"/api/v1/executions/{execution.id}/output"
+    response = await Response.get(url, user=member)
+    assert (await response.body()).decode() == "".join(f"{n:099d}\n" for n in range(1, 11))
+    assert started == [0, 3, 6, 9]
 
 
 def test_it_turns_a_timestamp_of_another_session_time_zone_into_utc():

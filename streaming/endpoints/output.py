@@ -19,7 +19,7 @@ from streaming.endpoints.base import StreamEndpoint
 from streaming.family_ids import Resume, parse_cursor
 from streaming.frames import OUTPUT_EVENT, Frame
 from streaming.output_cursor import AccessRevoked
-from streaming.pages import FULL, TEXT, ChunkPage
+from streaming.pages import SSE, TEXT, ChunkPage
 from streaming.params import OutputWindow, Source, header, last_event_id, output_window
 from streaming.replay import OutputState
 
@@ -172,7 +172,7 @@ class OutputTextEndpoint(OutputEndpoint):
 
     async def send_frames(self, frames: Sequence[Frame | ChunkPage]) -> None:
         if len(frames) == 1 and isinstance(frames[0], ChunkPage):
-            await self.write(frames[0].text())  # a replay page: no copy
+            await self.write(frames[0].body)  # a replay page: no copy
             return
         await self.write(b"".join(self._text(item) for item in frames))
 
@@ -181,7 +181,7 @@ class OutputTextEndpoint(OutputEndpoint):
 
     def _text(self, item: Frame | ChunkPage) -> bytes:
         if isinstance(item, ChunkPage):
-            return item.text()
+            return item.body
         return self._frame_text(item).encode() if item.event == OUTPUT_EVENT else b""
 
     def _frame_text(self, frame: Frame) -> str:
@@ -199,7 +199,7 @@ class OutputSSEEndpoint(OutputEndpoint):
 
     __slots__ = ()
     has_keepalive = True
-    page_kind = FULL
+    page_kind = SSE
 
     def window(self, source: Source) -> OutputWindow:
         return output_window(source, last_event_id(self.scope, source))
@@ -213,7 +213,7 @@ class OutputSSEEndpoint(OutputEndpoint):
 
     async def send_frames(self, frames: Sequence[Frame | ChunkPage]) -> None:
         if len(frames) == 1 and isinstance(frames[0], ChunkPage):
-            await self.write(frames[0].sse())  # a replay page: no copy
+            await self.write(frames[0].body)  # a replay page: no copy
             return
         await self.write(b"".join(_sse(item) for item in frames))
 
@@ -232,4 +232,4 @@ class OutputSSEEndpoint(OutputEndpoint):
 
 
 def _sse(item: Frame | ChunkPage) -> bytes:
-    return item.sse() if isinstance(item, ChunkPage) else sse.encode(item)
+    return item.body if isinstance(item, ChunkPage) else sse.encode(item)
