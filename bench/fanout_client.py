@@ -39,6 +39,8 @@ import sys
 import time
 
 CONNECTING, HEADERS, BODY, CLOSED = range(4)
+# The close code of a WebSocket Tailgate refused for its stream limits (4000 + HTTP 429).
+WS_TOO_MANY = 4429
 
 
 def raise_fd_limit() -> None:
@@ -273,13 +275,7 @@ class Client:
             if conn.status == 429 and conn.retries < self.max_retries:
                 # What EventSource and the CLI do: come back after Retry-After (plus jitter).
                 match = re.search(r"(?im)^retry-after:\s*(\d+)", head)
-                delay = float(match.group(1)) if match else 1.0
-                self.retried += 1
-                conn.retries += 1
-                self.close(conn)
-                self.finished -= 1
-                conn.reset()
-                self.delayed.append((time.monotonic() + delay * (1 + random.random()), conn))
+                self.retry_later(conn, float(match.group(1)) if match else 1.0)
                 return
             if conn.status != wanted:
                 self.fail(conn, f"HTTP {conn.status}")
@@ -314,6 +310,15 @@ class Client:
                 self.fail(conn, "closed before the end")
             else:
                 self.finish(conn)
+
+    def retry_later(self, conn: Conn, delay: float) -> None:
+        """Close `conn` and connect it again after `delay` s (plus jitter), counted."""
+        self.retried += 1
+        conn.retries += 1
+        self.close(conn)
+        self.finished -= 1
+        conn.reset()
+        self.delayed.append((time.monotonic() + delay * (1 + random.random()), conn))
 
     def finish(self, conn: Conn) -> None:
         if self.mode == "replay" and not self.replay_ended:
@@ -380,6 +385,12 @@ class Client:
             payload = buf[pos + head : pos + head + length]
             pos += head + length
             if opcode == 0x8:
+                code = struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else None
+                if code == WS_TOO_MANY and conn.retries < self.max_retries:
+                    # Tailgate refuses a socket it has no slot for as accept, `error`, close
+                    # 4429 (a WebSocket has no Retry-After): come back later, as for HTTP.
+                    self.retry_later(conn, float(self.spec.get("ws_retry_after", 5)))
+                    return
                 self.fail(conn, "ws closed by server")
                 return
             if opcode == 0x9:  # ping: answer, or daphne closes the socket

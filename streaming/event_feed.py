@@ -27,7 +27,7 @@ from streaming import event_ids
 from streaming.db import run_db
 from streaming.filters import EventFilter
 from streaming.frames import Frame, live_output_frames, output_frame
-from streaming.live import Control, LiveFeed, Message, Overflow
+from streaming.live import Control, LiveFeed, Message, Overflow, shared
 from streaming.output_cursor import AccessRevoked
 from streaming.replay import (
     PAGE_ROWS,
@@ -102,6 +102,23 @@ def _remember(cache: Mapping, key: str, value: Any, bound: int) -> OrderedDict:
     return cache
 
 
+# Distinct tenant tables kept shared (one per moment the tenants changed, in practice).
+TENANT_MAPS = 16
+_tenant_maps_cache: dict[frozenset, tuple[dict[int, str], dict[str, int]]] = {}
+
+
+def _tenant_maps(slugs: dict[int, str]) -> tuple[dict[int, str], dict[str, int]]:
+    """(slug by tenant id, tenant id by slug), one pair for every stream that read the same
+    tenants: thousands of idle streams hold one, not two dicts each. Read-only."""
+    key = frozenset(slugs.items())
+    maps = _tenant_maps_cache.get(key)
+    if maps is None:
+        if len(_tenant_maps_cache) >= TENANT_MAPS:
+            del _tenant_maps_cache[next(iter(_tenant_maps_cache))]
+        maps = _tenant_maps_cache[key] = (slugs, {slug: pk for pk, slug in slugs.items()})
+    return maps
+
+
 class CredentialsGone(Exception):
     """The caller no longer authenticates (checked when the stream opens)."""
 
@@ -167,13 +184,13 @@ class EventFeed:
         return None if scope is None else (scope, tenant_slugs())
 
     def _apply_scope(self, scope: StreamScope, slugs: dict[int, str]) -> None:
-        self.visibility, self.slugs = scope, slugs
+        self.visibility = scope
+        self.slugs, self.tenant_ids = _tenant_maps(slugs)
         self.hidden = NOTHING  # a new scope may show what the old one hid
-        self.tenant_ids = {slug: pk for pk, slug in slugs.items()}
         followed = frozenset(slugs) if scope.all_tenants else scope.followed_tenant_ids()
         if self.filter.tenants is not None:
             followed &= {pk for pk, slug in slugs.items() if slug in self.filter.tenants}
-        self.followed = frozenset(followed)
+        self.followed = shared(frozenset(followed))
 
     def _groups(self) -> list[str]:
         groups = [publish.tenant_events_group(pk) for pk in self.followed]
@@ -223,12 +240,11 @@ class EventFeed:
             await self._open_cursor()
             await started()
             await self._start()
-            await self._loop(live)
-
-    async def _loop(self, live: LiveFeed) -> None:
-        while True:
-            for item in await live.inbox.take(self.keepalive):
-                await self._handle(item)
+            # The loop is here, not in a method of its own: one frame fewer on the stack of
+            # each waiting stream.
+            while True:
+                for item in await live.inbox.take(self.keepalive):
+                    await self._handle(item)
 
     async def _handle(self, item: Message | Overflow | Control) -> None:
         if isinstance(item, Control):
@@ -255,11 +271,18 @@ class EventFeed:
             if verdict.scope is not None:
                 self._apply_scope(*verdict.scope)
                 assert self.live is not None
-                await self.live.set_groups(self._groups())
+                groups = self._groups()
+                if frozenset(groups) != self.live.groups:
+                    await self.live.set_groups(groups)
         # After a verdict or a resync: a lost doorbell leaves the log ahead of the cursor.
+        # Every stream told at once asks the same of the log: one read answers them all.
         if self.filter.wants_lifecycle:
-            position = self.cursor.position
-            if await run_db(events_after_exist, position, self._log_tenants()):
+            position, tenants = self.cursor.position, self._log_tenants()
+            ahead = await control.shared_read(
+                ("events after", position, tenants),
+                lambda: run_db(events_after_exist, position, tenants),
+            )
+            if ahead:
                 await self._catch_up(position)
 
     # --- lifecycle events -------------------------------------------------------------------

@@ -170,8 +170,9 @@ class PrincipalWatch:
         self.tell(verdict, [w for w in watchers if w in self.watchers])
 
     def tell(self, verdict: AccessVerdict, watchers: list[Watcher] | None = None) -> None:
+        control = Control("access", verdict)  # one for all: they share its reads
         for watcher in list(self.watchers) if watchers is None else watchers:
-            watcher.feed.inbox.control(Control("access", verdict))
+            watcher.feed.inbox.control(control)
 
 
 class Guard:

@@ -264,8 +264,9 @@ class Hub:
                     self._membership.notify_all()
                 if group in self._late:  # its streams gave up waiting: have them read the log
                     self._late.discard(group)
+                    resync = Control("resync")  # one for all: they share its reads
                     for feed in self.followers.get(group, ()):
-                        feed.inbox.control(Control("resync"))
+                        feed.inbox.control(resync)
         for group, since in list(self.unwanted_since.items()):
             if group in self.followers:  # followed again meanwhile: keep it
                 self.unwanted_since.pop(group, None)
@@ -317,8 +318,9 @@ class Hub:
         self.guard.recheck_all()  # access doorbells may have been lost too
 
     def resync_all(self) -> None:
+        resync = Control("resync")  # one for all: they share its reads
         for feed in self.feeds():
-            feed.inbox.control(Control("resync"))
+            feed.inbox.control(resync)
 
     # --- dispatch -------------------------------------------------------------------------
     def dispatch(self, message: Message) -> None:

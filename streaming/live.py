@@ -14,8 +14,8 @@ They bypass the bounds (at most one of each kind waits) and come out before mess
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -32,6 +32,23 @@ LIVE_BUFFER_MESSAGES = 200
 LIVE_BUFFER_CHARS = 1024 * 1024
 # With no keep-alive to send, a waiting stream still wakes this often (it costs nothing).
 IDLE_FOREVER = 3600.0
+# Distinct values `shared` keeps one copy of (group sets, tenant sets: a handful per process);
+# past it the oldest is forgotten, which only costs later streams a copy of their own.
+SHARED_VALUES = 1024
+
+_shared: dict[Any, Any] = {}
+
+
+def shared[H: Hashable](value: H) -> H:
+    """One copy of equal immutable values (frozensets of groups, of tenant ids) for all the
+    streams that hold one: ten thousand idle streams hold one set of their groups, not ten
+    thousand equal ones (216 bytes each)."""
+    kept = _shared.get(value)
+    if kept is None:
+        if len(_shared) >= SHARED_VALUES:
+            del _shared[next(iter(_shared))]
+        kept = _shared[value] = value
+    return kept
 
 
 class Overflow:
@@ -62,10 +79,31 @@ class Control:
 
     Kinds: `resync` (the layer may have dropped messages: read the log), `access` (the
     access guard's verdict for this stream's principal; `value` is an `AccessVerdict`).
+    One Control is posted to every stream it concerns, so reads they would all make after
+    it (the log past the same position) are made once (`shared_read`).
     """
 
     kind: str
     value: Any = None
+    reads: dict[Hashable, "asyncio.Future[Any]"] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    async def shared_read[T](self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`'s answer; the first stream to ask with `key` reads for all the others
+        (a re-check tells ten thousand idle streams at once: one query, not one each)."""
+        future = self.reads.get(key)
+        if future is None:
+            future = self.reads[key] = asyncio.ensure_future(read())
+            future.add_done_callback(_retrieved)
+        # Shielded: one asker leaving must not cancel the read the others wait for.
+        return await asyncio.shield(future)
+
+
+def _retrieved(future: "asyncio.Future[Any]") -> None:
+    """Each asker meets a failed read's error; none may be left to "never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _chars(message: Message) -> int:
@@ -194,9 +232,17 @@ class Inbox:
         self, keepalive: Callable[[], Awaitable[None]] | None
     ) -> list[Message | Overflow | Control]:
         """Everything waiting (at least one item), in order; while nothing comes, `keepalive`
-        is awaited every STREAM_KEEPALIVE_SECONDS (if given)."""
-        while (item := await self.get(_idle(keepalive))) is None:
-            if keepalive is not None:
+        is awaited every STREAM_KEEPALIVE_SECONDS (if given).
+
+        It waits itself rather than through `get`: a waiting stream's stack is one frame
+        shorter (thousands of streams wait here)."""
+        while (item := self.get_nowait()) is None:
+            waiter, timer = self._park(_idle(keepalive))
+            try:
+                await waiter
+            finally:
+                self._unpark(timer)
+            if keepalive is not None and not self:  # nothing came: the keep-alive's time
                 await keepalive()
         items = [item]
         while (item := self.get_nowait()) is not None:
@@ -206,16 +252,22 @@ class Inbox:
     async def get(self, timeout: float) -> Message | Overflow | Control | None:
         """The next control, message or Overflow marker; None when `timeout` passes first."""
         if not self._items and not self._controls:
-            # A bare timer rather than asyncio.timeout(): one object fewer per waiting stream.
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(max(timeout, 0), _expire, waiter)
+            waiter, timer = self._park(timeout)
             try:
                 await waiter
             finally:
-                timer.cancel()
-                self._waiter = None
+                self._unpark(timer)
         return self.get_nowait()  # None: the timeout came first
+
+    def _park(self, timeout: float) -> "tuple[asyncio.Future[None], asyncio.TimerHandle]":
+        # A bare timer rather than asyncio.timeout(): one object fewer per waiting stream.
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        return waiter, loop.call_later(max(timeout, 0), _expire, waiter)
+
+    def _unpark(self, timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        self._waiter = None
 
 
 def _expire(waiter: "asyncio.Future[None]") -> None:
@@ -261,7 +313,7 @@ class LiveFeed:
 
     async def set_groups(self, groups: Iterable[str]) -> None:
         assert self._hub is not None, "open() first"
-        self.groups = frozenset(groups)
+        self.groups = shared(frozenset(groups))
         self._hub.follow(self, self.groups)
         await self._hub.wait_joined(self.groups)
 

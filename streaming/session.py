@@ -12,8 +12,8 @@ plain text and SSE (streaming/endpoints/output.py, events.py) and WebSocket subs
 (streaming/endpoints/websocket.py).
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
 from executions import publish
 from rbac.access import NotVisible, access_execution
@@ -56,26 +56,17 @@ class StreamSession:
             raise not_found(str(requested)) from None
         return execution.id
 
-    @asynccontextmanager
-    async def follow(
+    def follow(
         self,
         groups: Iterable[str],
         *,
         execution_id: str | None = None,
         wants_scope: bool = False,
         accept: Callable[[Message], bool] | None = None,
-    ) -> AsyncIterator[LiveFeed]:
-        """Subscribe (returns once subscribed) and stay under the access guard's watch."""
-        hub = Hub.current()
-        live = LiveFeed(accept)
-        watcher = Watcher(live, execution_id, wants_scope)
-        try:
-            hub.guard.watch(self.principal, self.user, self.api_key, watcher)
-            await live.open(groups)
-            yield live
-        finally:
-            hub.guard.unwatch(self.principal, watcher)
-            live.leave()
+    ) -> "Following":
+        """Subscribe (entering returns once subscribed) and stay under the access guard's
+        watch, until the block is left."""
+        return Following(self, groups, Watcher(LiveFeed(accept), execution_id, wants_scope))
 
     async def output(
         self,
@@ -118,14 +109,50 @@ class StreamSession:
         async with self.follow(groups, execution_id=root.id, accept=cursor.accept) as live:
             await cursor.run(live, started)
 
-    async def events(
+    def events(
         self,
         flt: EventFilter,
         resume_after: int | None,
         send: Send,
         started: Callable[[], Awaitable[None]],
         keepalive: Keepalive = None,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """Every event the caller may see, until it leaves or loses access (AccessRevoked);
-        CredentialsGone (before `started`) when it no longer authenticates."""
-        await EventFeed(self, flt, send, resume_after, keepalive).run(started)
+        CredentialsGone (before `started`) when it no longer authenticates. (The feed's own
+        coroutine, to await: no frame of this method stays on a waiting stream's stack.)"""
+        return EventFeed(self, flt, send, resume_after, keepalive).run(started)
+
+
+class Following:
+    """`StreamSession.follow`'s block: a class, not an @asynccontextmanager, whose async
+    generator, frame and wrapper cost every open stream ~500 bytes."""
+
+    __slots__ = ("_groups", "_hub", "_session", "watcher")
+
+    def __init__(self, session: StreamSession, groups: Iterable[str], watcher: Watcher) -> None:
+        self._session = session
+        self._groups: Iterable[str] | None = groups
+        self._hub: Hub | None = None
+        self.watcher = watcher
+
+    async def __aenter__(self) -> LiveFeed:
+        hub = self._hub = Hub.current()
+        session, live = self._session, self.watcher.feed
+        try:
+            hub.guard.watch(session.principal, session.user, session.api_key, self.watcher)
+            assert self._groups is not None
+            await live.open(self._groups)
+        except BaseException:  # cancelled while subscribing, too: leave no membership
+            self._leave()
+            raise
+        self._groups = None  # the feed holds them now
+        return live
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        """Synchronous: a cancelled stream cannot leave a membership behind."""
+        if self._hub is not None:
+            self._hub.guard.unwatch(self._session.principal, self.watcher)
+        self.watcher.feed.leave()

@@ -42,3 +42,29 @@ async def test_two_receives_each_get_one_message():
     inbound.put_nowait(1)
     inbound.put_nowait(2)
     assert sorted(await asyncio.wait_for(asyncio.gather(first, second), RECEIVE_SECONDS)) == [1, 2]
+
+
+def test_it_hands_waiting_then_new_messages_to_a_listener_until_told_to_stop():
+    inbound = Inbound()
+    inbound.put_nowait({"type": "http.request"})
+    heard: list = []
+    inbound.listen(heard.append)
+    assert heard == [{"type": "http.request"}]  # what waited, first
+    inbound.put_nowait({"type": "http.disconnect"})
+    assert heard == [{"type": "http.request"}, {"type": "http.disconnect"}]
+    inbound.listen(None)
+    inbound.put_nowait("later")  # queued for `get` again
+    assert len(heard) == 2
+    assert inbound._items == ["later"]
+
+
+async def test_a_receive_after_a_listener_gets_what_came_since():
+    inbound = Inbound()
+    inbound.listen(lambda message: None)
+    inbound.put_nowait("heard only")
+    inbound.listen(None)
+    receive = asyncio.ensure_future(inbound.get())
+    await waiting(inbound, 1)
+    inbound.put_nowait("next")
+    assert await asyncio.wait_for(receive, RECEIVE_SECONDS) == "next"
+    assert inbound._items is None  # nothing kept once drained

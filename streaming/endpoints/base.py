@@ -14,8 +14,10 @@ a time, so a streaming handler would never see the client's `http.disconnect`.
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from project.server import inbound_of
 from rbac.limits import TooManyStreams, acquire_stream_slot
 from streaming.flow import ClientStalled, flow_of
 from streaming.live import KeepAlive
@@ -145,37 +147,62 @@ class StreamEndpoint:
                 return True
 
     async def _stream_until_disconnect(self, prepared: Any) -> None:
-        """Stream in this task; a second one waits for `http.disconnect` and cancels it.
+        """Stream in this task until done, or until `http.disconnect` cancels it.
 
-        (One task fewer per open stream than running the stream in a task of its own.)
+        Under `manage.py serve` the connection's Inbound hands the disconnect to a callback,
+        so an idle stream is one task (thousands wait in one process); elsewhere (other
+        servers, tests' communicators) a second task waits in `receive`.
         """
         streaming = asyncio.current_task()
         assert streaming is not None
         left = False
 
-        def client_left(gone: asyncio.Task) -> None:
+        def client_left() -> None:
             nonlocal left
-            if not gone.cancelled() and gone.exception() is None:
+            if not left:
                 left = True
                 streaming.cancel("the client left")
 
-        gone = asyncio.ensure_future(self._disconnected())
-        gone.add_done_callback(client_left)
+        inbound = inbound_of(self.receive)
         try:
-            await self.stream(prepared)
+            if inbound is not None:
+                inbound.listen(lambda message: _on_disconnect(message, client_left))
+                await self.stream(prepared)
+            else:
+                await self._stream_watching_receive(prepared, client_left)
         except asyncio.CancelledError:
             if not left:
                 raise  # cancelled from outside (the server is stopping)
         finally:
-            gone.remove_done_callback(client_left)
-            if not gone.done():
-                gone.cancel()
-                await asyncio.gather(gone, return_exceptions=True)
+            if inbound is not None:
+                inbound.listen(None)
         if left:  # the client is gone: nothing more to send, and our own cancel is spent
             while streaming.cancelling():
                 streaming.uncancel()
             self.started = False
 
+    async def _stream_watching_receive(
+        self, prepared: Any, client_left: Callable[[], None]
+    ) -> None:
+        def gone_done(gone: asyncio.Task) -> None:
+            if not gone.cancelled() and gone.exception() is None:
+                client_left()
+
+        gone = asyncio.ensure_future(self._disconnected())
+        gone.add_done_callback(gone_done)
+        try:
+            await self.stream(prepared)
+        finally:
+            gone.remove_done_callback(gone_done)
+            if not gone.done():
+                gone.cancel()
+                await asyncio.gather(gone, return_exceptions=True)
+
     async def _disconnected(self) -> None:
         while (await self.receive())["type"] != "http.disconnect":
             pass
+
+
+def _on_disconnect(message: dict, client_left: Callable[[], None]) -> None:
+    if message.get("type") == "http.disconnect":
+        client_left()

@@ -16,7 +16,7 @@ from streaming.output_cursor import AccessRevoked
 from streaming.params import Problem, Source, last_event_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventsRequest:
     filter: EventFilter
     resume_after: int | None

@@ -84,8 +84,8 @@ def _as_json(frame: Frame, stream: str | None) -> str:
 class StreamSocketEndpoint:
     # Slots: thousands of idle sockets per process.
     __slots__ = (
+        "_pending",
         "_send",
-        "_tasks",
         "closed",
         "flow",
         "receive",
@@ -104,7 +104,8 @@ class StreamSocketEndpoint:
         self.flow = flow_of(scope)
         self.closed = False
         self.subscriptions: dict[str, asyncio.Task] = {}  # execution id (or EVENTS) → task
-        self._tasks: set[asyncio.Task] = set()  # every task of this socket, to cancel at the end
+        # Subscriptions whose key is not known yet (`last` being resolved); made when needed.
+        self._pending: set[asyncio.Task] | None = None
 
     @classmethod
     def as_asgi(cls):
@@ -127,7 +128,7 @@ class StreamSocketEndpoint:
         except TooManyStreams as exc:
             await self._refuse(too_many(exc))
         finally:
-            tasks = list(self._tasks)
+            tasks = [*self.subscriptions.values(), *(self._pending or ())]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -197,18 +198,27 @@ class StreamSocketEndpoint:
 
     def _spawn(self, work: Coroutine, execution: str | None, key: str | None) -> asyncio.Task:
         task = asyncio.create_task(self._guard(work, execution), name=f"ws {key or execution}")
-        self._tasks.add(task)
+        if key is None:
+            if self._pending is None:
+                self._pending = set()
+            self._pending.add(task)
         task.add_done_callback(lambda done: self._forget(key, done))
         return task
 
     def _forget(self, key: str | None, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
+        if key is None and self._pending is not None:
+            self._pending.discard(task)
+            if not self._pending:
+                self._pending = None
         if key is not None and self.subscriptions.get(key) is task:
             del self.subscriptions[key]
 
     async def _guard(self, work: Coroutine, execution: str | None) -> None:
         try:
-            await work
+            try:
+                await work
+            except CredentialsGone:
+                raise AccessRevoked("Your credentials are no longer valid.", 401) from None
         except Problem as problem:
             await self.error(problem, execution)
         except AccessRevoked as exc:
@@ -317,14 +327,13 @@ class StreamSocketEndpoint:
             execution_id, resume, window.output_type, self.emit, subscribed
         )
 
-    async def _follow_events(self, flt, resume_after: int | None) -> None:
+    def _follow_events(self, flt, resume_after: int | None) -> Coroutine[Any, Any, None]:
+        """The event feed's coroutine itself (CredentialsGone is `_guard`'s): a waiting
+        subscription's stack is `_guard`, the feed, its inbox."""
         assert self.session is not None
 
         async def subscribed() -> None:
             await load_descendants(flt)  # subscribed, nothing read yet: none is missed
             await self.emit([Frame("subscribed", {})], EVENTS)
 
-        try:
-            await self.session.events(flt, resume_after, self.emit_events, subscribed)
-        except CredentialsGone:
-            raise AccessRevoked("Your credentials are no longer valid.", 401) from None
+        return self.session.events(flt, resume_after, self.emit_events, subscribed)
