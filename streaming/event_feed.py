@@ -27,7 +27,7 @@ from streaming import event_ids
 from streaming.db import run_db
 from streaming.filters import EventFilter
 from streaming.frames import Frame, live_output_frames, output_frame
-from streaming.live import Control, LiveFeed, Message, Overflow, shared
+from streaming.live import Control, Kept, LiveFeed, Message, Overflow, shared
 from streaming.output_cursor import AccessRevoked
 from streaming.replay import (
     PAGE_ROWS,
@@ -104,19 +104,15 @@ def _remember(cache: Mapping, key: str, value: Any, bound: int) -> OrderedDict:
 
 # Distinct tenant tables kept shared (one per moment the tenants changed, in practice).
 TENANT_MAPS = 16
-_tenant_maps_cache: dict[frozenset, tuple[dict[int, str], dict[str, int]]] = {}
+_tenant_maps_kept: Kept[frozenset, tuple[dict[int, str], dict[str, int]]] = Kept(TENANT_MAPS)
 
 
 def _tenant_maps(slugs: dict[int, str]) -> tuple[dict[int, str], dict[str, int]]:
     """(slug by tenant id, tenant id by slug), one pair for every stream that read the same
     tenants: thousands of idle streams hold one, not two dicts each. Read-only."""
-    key = frozenset(slugs.items())
-    maps = _tenant_maps_cache.get(key)
-    if maps is None:
-        if len(_tenant_maps_cache) >= TENANT_MAPS:
-            del _tenant_maps_cache[next(iter(_tenant_maps_cache))]
-        maps = _tenant_maps_cache[key] = (slugs, {slug: pk for pk, slug in slugs.items()})
-    return maps
+    return _tenant_maps_kept.get(
+        frozenset(slugs.items()), lambda: (slugs, {slug: pk for pk, slug in slugs.items()})
+    )
 
 
 class CredentialsGone(Exception):

@@ -36,19 +36,34 @@ IDLE_FOREVER = 3600.0
 # past it the oldest is forgotten, which only costs later streams a copy of their own.
 SHARED_VALUES = 1024
 
-_shared: dict[Any, Any] = {}
+
+class Kept[K: Hashable, V]:
+    """At most `bound` values by key, made on first use; past the bound the oldest is
+    forgotten (which only costs a later caller a value of its own)."""
+
+    __slots__ = ("_bound", "_values")
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self._values: dict[K, V] = {}
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        value = self._values.get(key)
+        if value is None:
+            if len(self._values) >= self._bound:
+                del self._values[next(iter(self._values))]
+            value = self._values[key] = make()
+        return value
+
+
+_shared: Kept[Any, Any] = Kept(SHARED_VALUES)
 
 
 def shared[H: Hashable](value: H) -> H:
     """One copy of equal immutable values (frozensets of groups, of tenant ids) for all the
     streams that hold one: ten thousand idle streams hold one set of their groups, not ten
     thousand equal ones (216 bytes each)."""
-    kept = _shared.get(value)
-    if kept is None:
-        if len(_shared) >= SHARED_VALUES:
-            del _shared[next(iter(_shared))]
-        kept = _shared[value] = value
-    return kept
+    return _shared.get(value, lambda: value)
 
 
 class Overflow:
